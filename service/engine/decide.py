@@ -1,0 +1,133 @@
+"""One decision: facts -> validate -> amounts -> stages (engine) -> resolve -> decision JSON."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+from .. import amounts as amounts_mod
+from .. import facts as facts_mod
+from ..policy.model import Rule, Ruleset
+from ..policy.schema import OUTPUT_DEFAULTS
+from .reference import ReferenceMatcher
+from .resolver import Resolution, json_value, read_paths, resolve_stage
+from .runtime import DurableMatcher
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id = [0]
+
+
+def new_decision_id() -> str:
+    """A ULID: 48-bit milliseconds + 80 random bits, Crockford base32; sorts by time.
+    Strictly increasing within the process."""
+    value = ((time.time_ns() // 1_000_000) << 80) | int.from_bytes(os.urandom(10), "big")
+    with _id_lock:
+        if value <= _last_id[0]:
+            value = _last_id[0] + 1
+        _last_id[0] = value
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def flatten(facts: dict, prefix: str = "", out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    for k, v in facts.items():
+        if isinstance(v, dict):
+            flatten(v, f"{prefix}{k}.", out)
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def context(facts: dict, amounts: dict[str, Decimal]) -> dict:
+    ctx = flatten(facts)
+    for name, value in amounts.items():
+        ctx[f"amounts.{name}"] = value
+    return ctx
+
+
+class Decider:
+    """Decides with one loaded ruleset. Thread-safe; `matcher` is "durable" or "reference"."""
+
+    def __init__(self, rs: Ruleset, matcher: str = "durable") -> None:
+        self.rs = rs
+        self.matcher = DurableMatcher(rs) if matcher == "durable" else ReferenceMatcher(rs)
+        self._read = {r.id: read_paths(r, rs) for r in rs.rules}
+        self.ruleset_info = {"name": rs.name, "version": rs.version, "sha256": rs.sha256}
+
+    def close(self) -> None:
+        close = getattr(self.matcher, "close", None)
+        if close:
+            close()
+
+    def decide(self, raw: Any, *, today: datetime.date | None = None) -> dict:
+        """Validate raw JSON-decoded facts and decide; raises facts.FactsInvalid."""
+        return self.decide_facts(facts_mod.validate_facts(raw, today=today))
+
+    def evaluate(self, facts: dict) -> tuple[dict[str, Decimal], Resolution]:
+        """The matching and hit policy, without building the response."""
+        amounts = amounts_mod.compute_amounts(facts)
+        res = Resolution(context(facts, amounts))
+        rs, read = self.rs, self._read
+
+        def on_stage(stage: str, matched: list[Rule]) -> dict:
+            resolve_stage(rs, stage, matched, res, read)
+            return res.ctx
+
+        self.matcher.run(res.ctx, on_stage)
+        return amounts, res
+
+    def decide_facts(self, facts: dict) -> dict:
+        started = time.perf_counter()
+        amounts, res = self.evaluate(facts)
+        decision = self.build(facts, amounts, res)
+        decision["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return decision
+
+    def build(self, facts: dict, amounts: dict[str, Decimal], res: Resolution) -> dict:
+        ctx = res.ctx
+
+        def out(path: str) -> Any:
+            value = ctx.get(path, OUTPUT_DEFAULTS.get(path))
+            return json_value(value)
+
+        money = amounts_mod.money_str
+        return {
+            "decision_id": new_decision_id(),
+            "loan_id": facts["loan"]["id"],
+            "as_of": facts["as_of"].isoformat(),
+            "amounts": {k: money(v) for k, v in amounts.items()},
+            "outcome": {
+                "bearer": out("outcome.bearer"),
+                "action": out("outcome.action"),
+                "borrower_owes": out("outcome.borrower_owes"),
+                "lender_absorbs": out("outcome.lender_absorbs"),
+                "surplus_to_borrower": out("outcome.surplus_to_borrower"),
+                "deadline": out("outcome.deadline"),
+                "basis": out("outcome.basis"),
+            },
+            "credit_reporting": {
+                "category": out("credit_reporting.category"),
+                "balance": out("credit_reporting.balance"),
+            },
+            "tax": {
+                "form": out("tax.form"),
+                "canceled_debt": out("tax.canceled_debt"),
+                "event_code": out("tax.event_code"),
+                "notes": list(res.lists["tax.notes"]),
+            },
+            "explanation": list(res.lists["explanation"]),
+            "ruleset": dict(self.ruleset_info),
+            "trace": res.trace,
+            "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="microseconds").replace("+00:00", "Z"),
+            "duration_ms": 0.0,
+        }
