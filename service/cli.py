@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from . import facts as facts_mod
 
@@ -41,7 +41,12 @@ def _load_decider(rules: str | None, matcher: str = "durable"):
         more = f" (and {len(exc.problems) - 1} more; run `deficiency check {directory}`)" if len(
             exc.problems) > 1 else ""
         raise CliError(f"invalid ruleset: {first}{more}") from None
-    return Decider(rs, matcher)
+    from .engine.runtime import EngineError
+
+    try:
+        return Decider(rs, matcher)
+    except EngineError as exc:
+        raise CliError(f"ruleset exceeds an engine limit: {exc}") from None
 
 
 def _read_input(name: str) -> bytes:
@@ -74,7 +79,8 @@ def explain_text(decision: dict) -> str:
     o = decision["outcome"]
     a = decision["amounts"]
     lines = [
-        f"Loan {decision['loan_id']} - decision {decision['decision_id']} as of {decision['as_of']}",
+        f"Loan {decision['loan_id']} - decision {decision['decision_id']} "
+        f"as of {decision['as_of']}",
         f"Debt {a['debt']}, costs {a['costs']}, credits {a['credits']}, claim {a['claim']}, "
         f"sale proceeds {a['proceeds']}: deficiency {a['deficiency']}, surplus {a['surplus']}.",
         f"Outcome: {o['bearer']} ({o['action']}); borrower owes {o['borrower_owes']}, "

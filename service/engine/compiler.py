@@ -18,12 +18,27 @@ What the engine sees (ENGINE-NOTES):
 from __future__ import annotations
 
 import datetime
+import json
 from decimal import Decimal
 from typing import Any
 
 from ..policy import expr as ex
 from ..policy.model import (
-    EQ, EXISTS, GT, GTE, IN, LT, LTE, MISSING, NE, NOT_IN, All, AnyOf, Leaf, Not, Ruleset,
+    EQ,
+    EXISTS,
+    GT,
+    GTE,
+    IN,
+    LT,
+    LTE,
+    MISSING,
+    NE,
+    NOT_IN,
+    All,
+    AnyOf,
+    Leaf,
+    Not,
+    Ruleset,
     walk_leaves,
 )
 
@@ -122,16 +137,15 @@ class Compiler:
             operand = self._operand(value, leaf.kind)
         else:
             operand = encode(value, leaf.kind)
-        if op == EQ:
-            test = {k: operand}
-        else:
-            test = {_OP[op]: {k: operand}}
+        test = {k: operand} if op == EQ else {_OP[op]: {k: operand}}
         guards = [{"$ex": {key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
         if not neg:
             return _join("$and", [*guards, test]) if refs else test
-        # not (all present and cmp) == any absent or (all present and negated cmp)
+        # not (all present and cmp) == any absent or negated cmp; once every `$nex`
+        # has failed all operands are present, so the negated test needs no guard
+        # (and the engine allows only 32 expressions per condition: spend few).
         absent = [{"$nex": {key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
-        return _join("$or", [*absent, _join("$and", [*guards, test]) if refs else test])
+        return _join("$or", [*absent, test])
 
     def _operand(self, node: Any, kind: str) -> Any:
         """An expression as an engine operand, in the leaf's units."""
@@ -147,7 +161,8 @@ class Compiler:
             return _int(const * scale)
         if isinstance(node, ex.BinOp):
             op = "$add" if node.op == "+" else "$sub"
-            return {op: {"$l": self._operand(node.left, kind), "$r": self._operand(node.right, kind)}}
+            left, right = self._operand(node.left, kind), self._operand(node.right, kind)
+            return {op: {"$l": left, "$r": right}}
         raise TypeError(f"not a linear operand: {node!r}")
 
 
@@ -174,3 +189,30 @@ def _join(op: str, items: list[dict]) -> dict:
     if len(items) == 1:
         return items[0]
     return {op: items}
+
+
+def simultaneous_tests_bound(conditions: list[dict]) -> int:
+    """An upper bound on how many distinct engine tests can be true for one fact.
+
+    The engine fails (error 303) when more than 64 are. Equalities on one field
+    exclude each other (at most one is true); every other distinct test counts.
+    """
+    eq_fields: set[str] = set()
+    others: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("$and", "$or"):
+                    for item in v:
+                        walk(item)
+                elif k.startswith("$"):
+                    others.add(json.dumps(node, sort_keys=True))
+                else:
+                    eq_fields.add(k)
+                    if isinstance(v, dict):
+                        others.add(json.dumps(node, sort_keys=True))
+
+    for cond in conditions:
+        walk(cond)
+    return len(eq_fields) + len(others)

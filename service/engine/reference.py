@@ -13,7 +13,22 @@ from typing import Any
 
 from ..policy import expr as ex
 from ..policy.model import (
-    EQ, EXISTS, GT, GTE, IN, LT, LTE, MISSING, NE, NOT_IN, All, AnyOf, Leaf, Not, Rule, Ruleset,
+    EQ,
+    EXISTS,
+    GT,
+    GTE,
+    IN,
+    LT,
+    LTE,
+    MISSING,
+    NE,
+    NOT_IN,
+    All,
+    AnyOf,
+    Leaf,
+    Not,
+    Rule,
+    Ruleset,
 )
 
 _CMP = {

@@ -28,7 +28,7 @@ import durable_rules_engine
 from durable import engine as dr_engine
 
 from ..policy.model import Rule, Ruleset
-from .compiler import STAGE_KEY, Compiler, encode, key
+from .compiler import STAGE_KEY, Compiler, encode, key, simultaneous_tests_bound
 
 _names = itertools.count(1)
 _sids = itertools.count(1)
@@ -59,6 +59,14 @@ def tune_malloc() -> None:
 
 class EngineError(Exception):
     pass
+
+
+class EngineLimit(EngineError):
+    """The ruleset exceeds a limit of the engine (ENGINE-NOTES)."""
+
+
+# More than 64 distinct tests true for one fact makes the engine fail (error 303).
+MAX_SIMULTANEOUS_TESTS = 64
 
 
 class _QuietHost(dr_engine.Host):
@@ -110,9 +118,17 @@ class DurableMatcher:
                 "pri": 2,  # after every rule of the stage (lower fires first)
                 "run": self._stage_end(stage, nxt),
             }
+        bound = simultaneous_tests_bound([d["all"][0]["m"] for d in definition.values()])
+        if bound > MAX_SIMULTANEOUS_TESTS:
+            raise EngineLimit(
+                f"the rules hold {bound} distinct tests that could be true for one fact; the "
+                f"engine fails above {MAX_SIMULTANEOUS_TESTS} (error 303): share or simplify tests")
         self.definition = definition
         self._host = _QuietHost()
-        self._host.register_rulesets({self.engine_name: definition})
+        try:
+            self._host.register_rulesets({self.engine_name: definition})
+        except durable_rules_engine.error as exc:
+            raise EngineLimit(_explain_engine_error(rs, compiler, exc)) from None
         self._ruleset = self._host.get_ruleset(self.engine_name)
 
     def stage_fact(self, stage: str, ctx: dict, sid: str) -> dict:
@@ -192,6 +208,31 @@ class DurableMatcher:
         if handle is not None:
             durable_rules_engine.delete_ruleset(handle)
             self._ruleset._handle = None
+
+
+_ENGINE_ERRORS = {
+    "106": "more rules than the engine supports",
+    "113": "the condition is too complex for the engine (at most 32 expressions in one "
+           "comparison sequence); split it into simpler rules or compare fewer paths",
+}
+
+
+def _explain_engine_error(rs: Ruleset, compiler: Compiler, exc: Exception) -> str:
+    """Which rules the engine refuses, and why, with their file positions."""
+    import json
+
+    bad = []
+    for i, rule in enumerate(rs.rules):
+        single = {"r": {"all": [{"m": compiler.rule_condition(rule.stage, rule.when)}]}}
+        try:
+            handle = durable_rules_engine.create_ruleset(f"probe-{next(_names)}-{i}",
+                                                         json.dumps(single))
+        except durable_rules_engine.error as rule_exc:
+            code = str(rule_exc).rsplit(" ", 1)[-1]
+            bad.append(f"{rule.pos}: rule {rule.id}: {_ENGINE_ERRORS.get(code, rule_exc)}")
+        else:
+            durable_rules_engine.delete_ruleset(handle)
+    return "; ".join(bad) if bad else f"the engine refused the ruleset: {exc}"
 
 
 def _kind(path: str, rs: Ruleset) -> str:

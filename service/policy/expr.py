@@ -201,7 +201,7 @@ class _Parser:
                 self._next()
                 key_kind, key, key_col = self._next()
                 if key_kind != "name":
-                    raise ExprError("a table is indexed by a path, e.g. table[jurisdiction]", key_col)
+                    raise ExprError("index a table by a path, e.g. t[jurisdiction]", key_col)
                 self._expect("]")
                 return Lookup(value, key, col)
             return Ref(value, col)

@@ -17,8 +17,25 @@ from typing import Any
 
 from . import expr as ex
 from .model import (
-    COMPARISONS, EQ, EXISTS, IN, MISSING, NE, NOT_IN, OPERATORS, All, AnyOf, Choice, Expr, Leaf,
-    Literal, Not, Output, Rule, Ruleset, Template, is_date,
+    COMPARISONS,
+    EQ,
+    EXISTS,
+    IN,
+    MISSING,
+    NOT_IN,
+    OPERATORS,
+    All,
+    AnyOf,
+    Choice,
+    Expr,
+    Leaf,
+    Literal,
+    Not,
+    Output,
+    Rule,
+    Ruleset,
+    Template,
+    is_date,
 )
 from .schema import EXPR_KIND, LIST_OUTPUTS, OUTPUT_FIELDS, input_type
 from .yamlsafe import Pos, PosDict, PosList, YamlError, load_yaml

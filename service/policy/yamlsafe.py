@@ -95,7 +95,8 @@ def _construct_float(loader: yaml.SafeLoader, node: ScalarNode) -> Decimal:
     try:
         value = Decimal(text)
     except InvalidOperation as exc:
-        raise YamlError(_pos(loader.file_name, node), f"not a decimal number: {node.value!r}") from exc
+        pos = _pos(loader.file_name, node)
+        raise YamlError(pos, f"not a decimal number: {node.value!r}") from exc
     if not value.is_finite():
         raise YamlError(_pos(loader.file_name, node), f"not a finite number: {node.value!r}")
     return value
