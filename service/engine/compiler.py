@@ -2,7 +2,7 @@
 
 What the engine sees (ENGINE-NOTES):
 - one flat fact per stage: `stage_` marker + the paths that stage's rules read,
-  keys with `.` replaced by `__`; money and decimals as integer cents, dates as
+  under short keys (`Compiler.key`); money and decimals as integer cents, dates as
   day ordinals, ints, booleans and strings as they are - never floats or
   Decimals, never unvalidated text;
 - every rule ANDs the stage marker (a positive test, so a `$nex` never stands
@@ -48,8 +48,6 @@ _NEGATE = {EQ: NE, NE: EQ, LT: GTE, LTE: GT, GT: LTE, GTE: LT}
 AMOUNT_KINDS = ("money", "decimal")
 
 
-def key(path: str) -> str:
-    return path.replace(".", "__")
 
 
 def encode(value: Any, kind: str) -> Any:
@@ -66,6 +64,15 @@ def encode(value: Any, kind: str) -> Any:
 class Compiler:
     def __init__(self, rs: Ruleset) -> None:
         self.rs = rs
+        self.keys: dict[str, str] = {}
+
+    def key(self, path: str) -> str:
+        """The engine's short name for a path: the engine copies the fact into every
+        action message, so short keys make each action cheaper."""
+        k = self.keys.get(path)
+        if k is None:
+            k = self.keys[path] = f"k{len(self.keys)}"
+        return k
 
     def stage_paths(self, stage: str) -> tuple[str, ...]:
         """Every path the stage's conditions read: what its engine fact must carry."""
@@ -110,7 +117,7 @@ class Compiler:
 
     # -- leaves -----------------------------------------------------------------
     def leaf(self, leaf: Leaf, neg: bool) -> dict:
-        k = key(leaf.path)
+        k = self.key(leaf.path)
         absent = {"$nex": {k: 1}}
         present = {"$ex": {k: 1}}
         if leaf.op in (EXISTS, MISSING):
@@ -125,7 +132,7 @@ class Compiler:
         return self._compare(leaf, leaf.op, leaf.value, neg)
 
     def _compare(self, leaf: Leaf, op: str, value: Any, neg: bool) -> dict:
-        k = key(leaf.path)
+        k = self.key(leaf.path)
         if neg:
             op = _NEGATE[op]
         refs: list[str] = []
@@ -138,13 +145,13 @@ class Compiler:
         else:
             operand = encode(value, leaf.kind)
         test = {k: operand} if op == EQ else {_OP[op]: {k: operand}}
-        guards = [{"$ex": {key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
+        guards = [{"$ex": {self.key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
         if not neg:
             return _join("$and", [*guards, test]) if refs else test
         # not (all present and cmp) == any absent or negated cmp; once every `$nex`
         # has failed all operands are present, so the negated test needs no guard
         # (and the engine allows only 32 expressions per condition: spend few).
-        absent = [{"$nex": {key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
+        absent = [{"$nex": {self.key(p): 1}} for p in dict.fromkeys([leaf.path, *refs])]
         return _join("$or", [*absent, test])
 
     def _operand(self, node: Any, kind: str) -> Any:
@@ -155,7 +162,7 @@ class Compiler:
         if isinstance(node, ex.Ref):
             const = self.rs.constant(node.name)
             if const is None:
-                return {"$m": key(node.name)}
+                return {"$m": self.key(node.name)}
             if isinstance(const, datetime.date):
                 return const.toordinal()
             return _int(const * scale)

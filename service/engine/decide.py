@@ -14,7 +14,7 @@ from .. import facts as facts_mod
 from ..policy.model import Rule, Ruleset
 from ..policy.schema import OUTPUT_DEFAULTS
 from .reference import ReferenceMatcher
-from .resolver import Resolution, json_value, read_paths, resolve_stage
+from .resolver import Resolution, json_value, plan_rules, resolve_stage
 from .runtime import DurableMatcher
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -60,7 +60,7 @@ class Decider:
     def __init__(self, rs: Ruleset, matcher: str = "durable") -> None:
         self.rs = rs
         self.matcher = DurableMatcher(rs) if matcher == "durable" else ReferenceMatcher(rs)
-        self._read = {r.id: read_paths(r, rs) for r in rs.rules}
+        self._plans = plan_rules(rs)
         self.ruleset_info = {"name": rs.name, "version": rs.version, "sha256": rs.sha256}
 
     def close(self) -> None:
@@ -76,10 +76,10 @@ class Decider:
         """The matching and hit policy, without building the response."""
         amounts = amounts_mod.compute_amounts(facts)
         res = Resolution(context(facts, amounts))
-        rs, read = self.rs, self._read
+        rs, plans = self.rs, self._plans
 
         def on_stage(stage: str, matched: list[Rule]) -> dict:
-            resolve_stage(rs, stage, matched, res, read)
+            resolve_stage(rs, stage, matched, res, plans)
             return res.ctx
 
         self.matcher.run(res.ctx, on_stage)

@@ -18,7 +18,7 @@ from typing import Any
 from ..policy import expr as ex
 from ..policy.model import Choice, Expr, Literal, Rule, Ruleset, Template, walk_leaves
 from ..policy.schema import NO_RULE_DECIDED, OUTPUT_FIELDS
-from .reference import getter, holds
+from .reference import holds
 
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -54,40 +54,63 @@ def _kind(path: str, rs: Ruleset) -> str:
     return rs.var_kinds.get(path, "string")
 
 
-def compute(value: Any, path: str, ctx: dict, rs: Ruleset) -> Any:
+def _value_fn(value: Any, path: str, rs: Ruleset):
+    """An output value as `fn(ctx) -> value` (raises OutputError), built once per rule."""
     if isinstance(value, Literal):
-        return value.value
+        constant = value.value
+        return lambda ctx: constant
     if isinstance(value, Choice):
-        branch = value.then if holds(value.when, ctx, rs) else value.otherwise
-        return compute(branch, path, ctx, rs)
+        when, then = value.when, _value_fn(value.then, path, rs)
+        otherwise = _value_fn(value.otherwise, path, rs)
+        return lambda ctx: then(ctx) if holds(when, ctx, rs) else otherwise(ctx)
     if isinstance(value, Expr):
-        try:
-            result = ex.evaluate(value.node, getter(ctx, rs), rs.tables)
-        except ex.Undefined as exc:
-            raise OutputError(f"{path} = {value.text}: {exc} is absent") from None
-        if isinstance(result, Decimal) and _kind(path, rs) in ("money", "decimal"):
-            result = result.quantize(CENT, rounding=ROUND_HALF_UP)
-            if result < 0:
-                raise OutputError(f"{path} = {value.text} is negative ({result})")
-        return result
+        fn = ex.compile_expr(value.node, rs.constant, rs.tables)
+        money = _kind(path, rs) in ("money", "decimal")
+        text = value.text
+
+        def computed(ctx: dict) -> Any:
+            try:
+                result = fn(ctx)
+            except ex.Undefined as exc:
+                raise OutputError(f"{path} = {text}: {exc} is absent") from None
+            if money and isinstance(result, Decimal):
+                result = result.quantize(CENT, rounding=ROUND_HALF_UP)
+                if result < 0:
+                    raise OutputError(f"{path} = {text} is negative ({result})")
+            return result
+
+        return computed
     raise TypeError(value)
 
 
-def render(template: Template, ctx: dict, rs: Ruleset) -> str:
-    out = []
+def _template_fn(template: Template, rs: Ruleset):
+    """A text line with placeholders as `fn(ctx) -> str`."""
+    pieces: list[Any] = []
     for i, part in enumerate(template.parts):
         if i % 2 == 0:
-            out.append(part)
+            pieces.append(part)
         elif isinstance(part, str):
-            out.append(str(ctx.get(part, "")))
+            pieces.append((part, None, ""))
         else:
+            pieces.append((None, ex.compile_expr(part.node, rs.constant, rs.tables), part.kind))
+
+    def render(ctx: dict) -> str:
+        out = []
+        for piece in pieces:
+            if isinstance(piece, str):
+                out.append(piece)
+                continue
+            path, fn, kind = piece
+            if fn is None:
+                out.append(str(ctx.get(path, "")))
+                continue
             try:
-                value = ex.evaluate(part.node, getter(ctx, rs), rs.tables)
+                out.append(_format(fn(ctx), kind))
             except ex.Undefined:
                 out.append("(not given)")
-                continue
-            out.append(_format(value, part.kind))
-    return "".join(out)
+        return "".join(out)
+
+    return render
 
 
 def _format(value: Any, kind: str) -> str:
@@ -97,6 +120,23 @@ def _format(value: Any, kind: str) -> str:
         q = value.quantize(CENT, rounding=ROUND_HALF_UP)
         return f"-${-q:,.2f}" if q < 0 else f"${q:,.2f}"
     return str(value)
+
+
+class RulePlan:
+    """What resolving a matched rule needs, prepared once per loaded ruleset."""
+
+    __slots__ = ("rule", "reads", "outputs", "appends")
+
+    def __init__(self, rule: Rule, rs: Ruleset) -> None:
+        self.rule = rule
+        self.reads = read_paths(rule, rs)
+        self.outputs = tuple((o.path, _value_fn(o.value, o.path, rs)) for o in rule.outputs)
+        self.appends = tuple((path, tuple(_template_fn(t, rs) for t in templates))
+                             for path, templates in rule.appends)
+
+
+def plan_rules(rs: Ruleset) -> dict[Rule, RulePlan]:
+    return {r: RulePlan(r, rs) for r in rs.rules}
 
 
 class Resolution:
@@ -113,39 +153,38 @@ class Resolution:
 
 
 def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
-                  read_cache: dict[str, tuple[str, ...]]) -> None:
+                  plans: dict[Rule, RulePlan]) -> None:
     ctx = res.ctx
-    ordered = sorted(set(matched), key=lambda r: (-r.priority, r.order))
+    # An `any` can make the engine fire a rule twice for one fact: count it once.
+    ordered = sorted(dict.fromkeys(matched), key=lambda r: (-r.priority, r.order))
     stage_winner: dict[str, tuple[Rule, Any]] = {}
     entries = []
     for rule in ordered:
-        computed: dict[str, Any] = {}
-        error = None
-        for out in rule.outputs:
-            try:
-                computed[out.path] = compute(out.value, out.path, ctx, rs)
-            except OutputError as exc:
-                error = str(exc)
-                res.errors.append(f"rule {rule.id}: {exc}")
-                break
+        plan = plans[rule]
         entry = {
             "stage": stage,
             "rule": rule.id,
             "priority": rule.priority,
-            "matched": {p: json_value(ctx.get(p)) for p in read_cache[rule.id]},
+            "matched": {p: json_value(ctx.get(p)) for p in plan.reads},
             "applied": False,
             "overridden_by": None,
             "set": {},
         }
-        if error:
-            entry["error"] = error
-            entries.append(entry)
+        entries.append(entry)
+        computed: list[tuple[str, Any]] = []
+        try:
+            for path, fn in plan.outputs:
+                computed.append((path, fn(ctx)))
+        except OutputError as exc:
+            entry["error"] = str(exc)
+            res.errors.append(f"rule {rule.id}: {exc}")
             continue
-        for path, value in computed.items():
+        shown = entry["set"]
+        for path, value in computed:
+            shown[path] = json_value(value)
             held = stage_winner.get(path)
             if held is None:
                 stage_winner[path] = (rule, value)
-                entry["set"][path] = json_value(value)
                 entry["applied"] = True
             else:
                 winner, winning_value = held
@@ -153,12 +192,11 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
                     entry["overridden_by"] = winner.id
                 if winner.priority == rule.priority and winning_value != value:
                     entry.setdefault("conflict", []).append(path)
-        for path, templates in rule.appends:
-            lines = [render(t, ctx, rs) for t in templates]
+        for path, templates in plan.appends:
+            lines = [render(ctx) for render in templates]
             res.lists[path].extend(lines)
-            entry["set"][path] = lines
+            shown[path] = lines
             entry["applied"] = True
-        entries.append(entry)
     for path, (rule, value) in stage_winner.items():
         ctx[path] = value
         res.winners[path] = rule.id

@@ -380,3 +380,59 @@ def _unify(kinds: list[str], column: int, what: str) -> str:
     if DATE in concrete and what in ("min", "max"):
         return DATE
     return concrete.pop() if concrete else NUM
+
+
+def compile_expr(node: Any, constant: Any, tables: dict[str, dict]) -> Any:
+    """The expression as a Python closure `fn(ctx) -> value` (raises Undefined).
+
+    Same meaning as `evaluate`, built once at load so the decision path does not
+    walk the tree. `constant(name)` gives a named constant's value or None.
+    """
+    if isinstance(node, Num):
+        value = node.value
+        return lambda ctx: value
+    if isinstance(node, Ref):
+        name = node.name
+        const = constant(name)
+        if const is not None:
+            return lambda ctx: const
+
+        def ref(ctx: dict) -> Any:
+            v = ctx.get(name)
+            if v is None:
+                raise Undefined(name)
+            return v
+
+        return ref
+    if isinstance(node, Lookup):
+        table, key_path, label = tables[node.table], node.key, f"{node.table}[{node.key}]"
+
+        def lookup(ctx: dict) -> Any:
+            v = table.get(ctx.get(key_path))
+            if v is None:
+                raise Undefined(label)
+            return v
+
+        return lookup
+    if isinstance(node, Neg):
+        inner = compile_expr(node.operand, constant, tables)
+        return lambda ctx: -inner(ctx)
+    if isinstance(node, BinOp):
+        left = compile_expr(node.left, constant, tables)
+        right = compile_expr(node.right, constant, tables)
+        op = node.op
+        if op == "*":
+            return lambda ctx: left(ctx) * right(ctx)
+
+        def arith(ctx: dict) -> Any:
+            a, b = left(ctx), right(ctx)
+            if isinstance(a, datetime.date) or isinstance(b, datetime.date):
+                return _date_arith(op, a, b)
+            return a + b if op == "+" else a - b
+
+        return arith
+    if isinstance(node, Call):
+        args = [compile_expr(a, constant, tables) for a in node.args]
+        pick = min if node.func == "min" else max
+        return lambda ctx: pick([f(ctx) for f in args])
+    raise ExprError(f"cannot compile {node!r}")

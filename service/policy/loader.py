@@ -73,6 +73,7 @@ class Problem:
 
 class PolicyError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
+        problems = list(dict.fromkeys(problems))  # a preset's error shows once, not per use
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
 

@@ -99,7 +99,7 @@ class Output:
     pos: Pos
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: each rule is one object, hashed cheaply
 class Rule:
     id: str
     description: str

@@ -21,7 +21,7 @@ import pytest
 
 from service import facts as facts_mod
 from service.engine.decide import Decider
-from service.engine.runtime import DurableMatcher, EngineError, EngineLimit
+from service.engine.runtime import DurableMatcher, EngineLimit
 from service.policy.loader import PolicyError, load_ruleset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,8 +204,8 @@ def test_engine_facts_hold_only_ints_bools_and_short_strings(decider):
     # strings compare truncated. The engine fact holds cents, day ordinals, bools, enums.
     f = facts_mod.validate_facts({**CAR, "loan": {**CAR["loan"], "unpaid_balance":
                                                   "999999999999.99"}})
-    from service.engine.decide import context
     from service.amounts import compute_amounts
+    from service.engine.decide import context
 
     ctx = context(f, compute_amounts(f))
     for stage in decider.rs.stages:
@@ -216,8 +216,9 @@ def test_engine_facts_hold_only_ints_bools_and_short_strings(decider):
         # hazard: more than ~252 properties in one fact; only the paths the stage reads travel
         assert len(fact) < 60
     bearer = decider.matcher.stage_fact("bearer", ctx, "sid-x")
-    assert bearer["amounts__deficiency"] == 99999999199999  # 999999991999.99 in cents
-    assert bearer["disposition__date"] == datetime.date(2026, 6, 1).toordinal()
+    keys = decider.matcher.keys
+    assert bearer[keys["amounts.deficiency"]] == 99999999199999  # 999999991999.99 in cents
+    assert bearer[keys["disposition.date"]] == datetime.date(2026, 6, 1).toordinal()
 
 
 @pytest.mark.parametrize("bad, path", [
@@ -313,14 +314,18 @@ def test_an_exception_inside_an_action_is_surfaced_not_swallowed(rs):
     matcher = DurableMatcher(rs)
     try:
         f = facts_mod.validate_facts(CAR)
-        from service.engine.decide import context
         from service.amounts import compute_amounts
+        from service.engine.decide import context
 
         def boom(stage, matched):
             raise RuntimeError("resolver failed")
 
-        with pytest.raises(EngineError, match="resolver failed"):
+        with pytest.raises(RuntimeError, match="resolver failed"):
             matcher.run(context(f, compute_amounts(f)), boom)
+        # the failed call's session was abandoned and deleted: the engine still decides
+        seen = []
+        matcher.run(context(f, compute_amounts(f)), lambda s, m: seen.append(s) or {})
+        assert seen == list(rs.stages)
     finally:
         matcher.close()
 
