@@ -171,27 +171,30 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
             "set": {},
         }
         entries.append(entry)
-        computed: list[tuple[str, Any]] = []
+        shown = entry["set"]
         try:
             for path, fn in plan.outputs:
-                computed.append((path, fn(ctx)))
+                held = stage_winner.get(path)
+                if held is not None and held[0].priority > rule.priority:
+                    # Overridden by a higher rule: not computed, not shown as set.
+                    if entry["overridden_by"] is None:
+                        entry["overridden_by"] = held[0].id
+                    continue
+                value = fn(ctx)
+                if held is None:
+                    stage_winner[path] = (rule, value)
+                    shown[path] = json_value(value)
+                    entry["applied"] = True
+                    continue
+                winner, winning_value = held
+                if entry["overridden_by"] is None:
+                    entry["overridden_by"] = winner.id
+                if winning_value != value:  # equal priority, different value
+                    entry.setdefault("conflict", []).append(path)
         except OutputError as exc:
             entry["error"] = str(exc)
             res.errors.append(f"rule {rule.id}: {exc}")
             continue
-        shown = entry["set"]
-        for path, value in computed:
-            shown[path] = json_value(value)
-            held = stage_winner.get(path)
-            if held is None:
-                stage_winner[path] = (rule, value)
-                entry["applied"] = True
-            else:
-                winner, winning_value = held
-                if entry["overridden_by"] is None:
-                    entry["overridden_by"] = winner.id
-                if winner.priority == rule.priority and winning_value != value:
-                    entry.setdefault("conflict", []).append(path)
         for path, templates in plan.appends:
             lines = [render(ctx) for render in templates]
             res.lists[path].extend(lines)
