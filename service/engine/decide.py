@@ -18,6 +18,9 @@ from .resolver import Resolution, json_value, plan_rules, resolve_stage
 from .runtime import DurableMatcher
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Every 10-bit value as its two Crockford base-32 characters.
+_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
+_SHIFTS = tuple(range(120, -1, -10))
 _id_lock = threading.Lock()
 _last_id = [0]
 
@@ -30,11 +33,8 @@ def new_decision_id() -> str:
         if value <= _last_id[0]:
             value = _last_id[0] + 1
         _last_id[0] = value
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 130 bits as 13 pairs of 5-bit digits; the ULID's top 2 bits are zero.
+    return "".join([_PAIRS[(value >> s) & 1023] for s in _SHIFTS])
 
 
 def flatten(facts: dict, prefix: str = "", out: dict | None = None) -> dict:
@@ -48,7 +48,15 @@ def flatten(facts: dict, prefix: str = "", out: dict | None = None) -> dict:
 
 
 def context(facts: dict, amounts: dict[str, Decimal]) -> dict:
-    ctx = flatten(facts)
+    """The flat path -> value view rules read: facts, then `amounts.*`."""
+    ctx = {"as_of": facts["as_of"], "jurisdiction": facts["jurisdiction"]}
+    for section in ("loan", "collateral", "disposition", "negotiation", "borrower"):
+        for k, v in facts[section].items():
+            if type(v) is dict:
+                for k2, v2 in v.items():
+                    ctx[f"{section}.{k}.{k2}"] = v2
+            else:
+                ctx[f"{section}.{k}"] = v
     for name, value in amounts.items():
         ctx[f"amounts.{name}"] = value
     return ctx
@@ -99,12 +107,11 @@ class Decider:
             value = ctx.get(path, OUTPUT_DEFAULTS.get(path))
             return json_value(value)
 
-        money = amounts_mod.money_str
         return {
             "decision_id": new_decision_id(),
             "loan_id": facts["loan"]["id"],
             "as_of": facts["as_of"].isoformat(),
-            "amounts": {k: money(v) for k, v in amounts.items()},
+            "amounts": {k: str(v) for k, v in amounts.items()},  # already to the cent
             "outcome": {
                 "bearer": out("outcome.bearer"),
                 "action": out("outcome.action"),

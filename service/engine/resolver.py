@@ -29,7 +29,10 @@ class OutputError(Exception):
 
 
 def json_value(value: Any) -> Any:
-    if isinstance(value, Decimal):
+    t = type(value)
+    if t is str or t is bool or t is int or value is None:
+        return value
+    if t is Decimal:
         return str(value.quantize(CENT))
     if isinstance(value, datetime.date):
         return value.isoformat()

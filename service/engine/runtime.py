@@ -94,8 +94,14 @@ class DurableMatcher:
                 "pri": 1,
             }
             self._by_name[f"r{i}"] = rule
+        # A catch-all per stage ends it: it resolves the stage and asserts the next
+        # stage's fact. The last stage needs none (it ends when the engine has no
+        # more actions) unless it is the only one: some action must always run.
         self._stage_end: dict[str, tuple[str, str | None]] = {}
+        self._last = rs.stages[-1] if len(rs.stages) > 1 else None
         for i, stage in enumerate(rs.stages):
+            if stage == self._last:
+                break
             nxt = rs.stages[i + 1] if i + 1 < len(rs.stages) else None
             definition[f"stage{i}"] = {
                 "all": [{"m": {STAGE_KEY: stage}}],
@@ -168,6 +174,8 @@ class DurableMatcher:
                         dre.assert_fact(handle, dumps(self.stage_fact(nxt, ctx, sid)))
                 message = dre.complete_and_start_action(handle, state)
                 in_action = False
+            if self._last is not None:
+                on_stage(self._last, matches)
         except dre.error as exc:
             raise EngineError(f"engine: {exc}") from exc
         finally:
