@@ -105,7 +105,7 @@ def _template_fn(template: Template, rs: Ruleset):
                 continue
             path, fn, kind = piece
             if fn is None:
-                out.append(str(ctx.get(path, "")))
+                out.append(_text(ctx.get(path)))
                 continue
             try:
                 out.append(_format(fn(ctx), kind))
@@ -122,6 +122,16 @@ def _format(value: Any, kind: str) -> str:
     if kind == ex.AMOUNT and isinstance(value, Decimal):
         q = value.quantize(CENT, rounding=ROUND_HALF_UP)
         return f"-${-q:,.2f}" if q < 0 else f"${q:,.2f}"
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}" if value == value.to_integral_value() else str(value)
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "(not given)"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     return str(value)
 
 
@@ -175,6 +185,7 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
         }
         entries.append(entry)
         shown = entry["set"]
+        needed: list[tuple[str, Any, Any]] = []  # path, value, the holder it ties with
         try:
             for path, fn in plan.outputs:
                 held = stage_winner.get(path)
@@ -183,21 +194,23 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
                     if entry["overridden_by"] is None:
                         entry["overridden_by"] = held[0].id
                     continue
-                value = fn(ctx)
-                if held is None:
-                    stage_winner[path] = (rule, value)
-                    shown[path] = json_value(value)
-                    entry["applied"] = True
-                    continue
-                winner, winning_value = held
-                if entry["overridden_by"] is None:
-                    entry["overridden_by"] = winner.id
-                if winning_value != value:  # equal priority, different value
-                    entry.setdefault("conflict", []).append(path)
+                needed.append((path, fn(ctx), held))
         except OutputError as exc:
+            # A rule applies whole or not at all.
             entry["error"] = str(exc)
             res.errors.append(f"rule {rule.id}: {exc}")
             continue
+        for path, value, held in needed:
+            if held is None:
+                stage_winner[path] = (rule, value)
+                shown[path] = json_value(value)
+                entry["applied"] = True
+                continue
+            winner, winning_value = held
+            if entry["overridden_by"] is None:
+                entry["overridden_by"] = winner.id
+            if winning_value != value:  # equal priority, different value
+                entry.setdefault("conflict", []).append(path)
         for path, templates in plan.appends:
             lines = [render(ctx) for render in templates]
             res.lists[path].extend(lines)

@@ -51,9 +51,14 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 _VAR = re.compile(r"^vars\.[a-z_][a-z0-9_]{0,63}$")
 _STAGE_REF = re.compile(r"^decided_by\.([a-z_][a-z0-9_]*)$")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _RESERVED_NAMES = {"min", "max", "as_of", "jurisdiction", "loan", "collateral", "disposition",
                    "negotiation", "borrower", "amounts", "outcome", "credit_reporting", "tax",
                    "explanation", "vars", "decided_by"}
+
+# The outcome the decision stage settles (and checks against the deficiency).
+SETTLED_OUTPUTS = ("outcome.bearer", "outcome.action", "outcome.borrower_owes",
+                   "outcome.lender_absorbs", "outcome.basis", "outcome.surplus_to_borrower")
 
 HEADER_KEYS = {"ruleset", "version", "description", "stages", "constants", "presets", "rules"}
 RULE_KEYS = {"id", "description", "stage", "priority", "when", "then", "basis"}
@@ -236,6 +241,18 @@ class _Builder:
                                            for r in rules)), "")
         if not decision_stage:
             self.err(Pos(str(self.directory), 0, 0), "no rule sets outcome.bearer")
+            raise PolicyError(self.problems)
+        for rule in rules:
+            if rule.sets("outcome.bearer") and not rule.basis:
+                self.err(rule.pos, f"rule {rule.id} decides the bearer but has no basis",
+                         "add basis: the citation or policy reason auditors will read")
+            if rule.stage != decision_stage:
+                for out in rule.outputs:
+                    if out.path in SETTLED_OUTPUTS:
+                        self.err(out.pos, f"{out.path} can only be set in stage "
+                                 f"{decision_stage}, where the bearer is decided",
+                                 "later stages read the outcome; they do not change it")
+        if self.problems:
             raise PolicyError(self.problems)
         return Ruleset(
             name=name, version=version, sha256=ruleset_digest(self.directory, self.files),
@@ -473,12 +490,14 @@ class _Builder:
                         "compute it in an output, or compare against a path")
         if len(ex.lookups(node)) > 1:
             raise _Fail(pos, f"expression {text!r}: at most one table lookup")
-        if kind == ex.NUM:
+        if kind == ex.NUM and want != ex.DATE:
             kind = want
             if want == ex.INT and not _all_int(node, self.numbers):
                 raise _Fail(pos, f"expression {text!r}: a whole number is needed here")
         if kind != want:
-            raise _Fail(pos, f"expression {text!r} is a {kind}, but a {want} is needed here")
+            hint = "write a date as YYYY-MM-DD without quotes" if want == ex.DATE else ""
+            raise _Fail(pos, f"expression {text!r} is {_a(kind)}, but {_a(want)} is needed here",
+                        hint)
         if want == ex.AMOUNT:
             for n in _nums(node, self.numbers):
                 if n != n.quantize(Decimal("0.01")) and linear:
@@ -522,7 +541,7 @@ class _Builder:
             return Leaf(path, op, lits, False, kind, pos)
         numeric = kind in EXPR_KIND
         if op in COMPARISONS and not numeric:
-            raise _Fail(pos, f"{path} is a {kind}; {op} compares numbers and dates",
+            raise _Fail(pos, f"{path} is {_a(kind)}; {op} compares numbers and dates",
                         "use eq, ne, in or not_in")
         if value is None:
             raise _Fail(pos, f"{path}: compare with a value; to test absence use missing: true")
@@ -531,6 +550,8 @@ class _Builder:
                 raise _Fail(pos, f"{path} is a {kind}, compared with a boolean")
             if kind == "date" and is_date(value):
                 return Leaf(path, op, value, False, kind, pos)
+            if kind == "date" and isinstance(value, str) and _ISO_DATE.match(value):
+                return Leaf(path, op, _iso_date(value, pos), False, kind, pos)
             if isinstance(value, str):
                 return Leaf(path, op, self._expr(value, pos, EXPR_KIND[kind], linear=True).node,
                             True, kind, pos)
@@ -615,7 +636,7 @@ class _Builder:
         if isinstance(value, PosDict):
             if set(value) != {"if", "then", "else"} or depth > 4:
                 raise _Fail(pos, f"{path}: a conditional value is {{if: condition, then: value, "
-                            "else: value}}")
+                            "else: value}, nested at most 4 deep")
             return Choice(self._condition(value["if"], value.value_pos["if"]),
                           self._value(path, kind, enum, nullable, value["then"],
                                       value.value_pos["then"], depth + 1),
@@ -628,6 +649,8 @@ class _Builder:
         if kind in EXPR_KIND:
             if kind == "date" and is_date(value):
                 return Literal(value)
+            if kind == "date" and isinstance(value, str) and _ISO_DATE.match(value):
+                return Literal(_iso_date(value, pos))
             if isinstance(value, str):
                 return self._expr(value, pos, EXPR_KIND[kind], linear=False)
             lit = self._literal(path, kind, enum, value, pos)
@@ -640,6 +663,9 @@ class _Builder:
         kind = _var_kind(value)
         if kind is None:
             raise _Fail(pos, f"{path}: a working value is true/false, a number or short text")
+        if kind == "string" and (input_type(value) is not None or value in OUTPUT_FIELDS):
+            raise _Fail(pos, f"{path}: working values are constants; {value!r} is a path",
+                        "vars hold true/false, numbers or text, not computed values")
         known = self.var_kinds.get(path)
         if known and known[0] != kind:
             raise _Fail(pos, f"{path} is set to a {kind} here but a {known[0]} at {known[1]}")
@@ -663,7 +689,7 @@ class _Builder:
                     kind = ex.type_of(node, self._kind_of, self._table_kind)
                 except ex.ExprError as exc:
                     raise _Fail(pos, f"placeholder {{{inner}}}: {exc.message}") from None
-                parts.append(Expr(node, ex.AMOUNT if kind == ex.NUM else kind, inner))
+                parts.append(Expr(node, kind, inner))
             last = m.end()
         parts.append(text[last:])
         if "{" in text[last:] or "}" in text[last:]:
@@ -684,6 +710,17 @@ class _Builder:
                 self.err(Pos(str(self.directory), 0, 0), f"{path} is compared with {len(vals)} "
                          f"distinct constants; the engine supports at most "
                          f"{MAX_CONSTANTS_PER_FIELD}")
+
+
+def _iso_date(text: str, pos: Pos) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise _Fail(pos, f"{text!r} is not a valid date") from None
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def _var_kind(value: Any) -> str | None:

@@ -84,10 +84,7 @@ class _Loader(yaml.SafeLoader):
                 "YAML aliases (*name) are not allowed in rule files",
                 "write the value out; use a named constant or preset to share it",
             )
-        node = super().compose_node(parent, index)
-        if getattr(node, "anchor", None):
-            pass
-        return node
+        return super().compose_node(parent, index)
 
 
 def _construct_float(loader: yaml.SafeLoader, node: ScalarNode) -> Decimal:
@@ -123,8 +120,15 @@ def _check_shape(file: str, root: Any) -> None:
             stack.extend((v, depth + 1) for v in node.value)
 
 
+_PLAIN_TAGS = {MappingNode: "tag:yaml.org,2002:map", SequenceNode: "tag:yaml.org,2002:seq"}
+
+
 def _build(loader: _Loader, node: Any) -> Any:
     file = loader.file_name
+    expected = _PLAIN_TAGS.get(type(node))
+    if expected is not None and node.tag != expected:
+        raise YamlError(_pos(file, node), f"YAML tag {node.tag!r} is not allowed in rule files",
+                        "rule files are plain data: remove the !tag")
     if isinstance(node, MappingNode):
         out = PosDict()
         out.pos = _pos(file, node)

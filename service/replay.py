@@ -1,0 +1,685 @@
+"""`deficiency replay --candidate RULES`: what a ruleset change would do to past decisions.
+
+The facts of every recorded decision (optionally narrowed by time, jurisdiction,
+loan type and the ruleset version that decided them) are decided again with
+the candidate ruleset and compared with the decision as recorded. Nothing is
+written: the audit log is only read.
+
+Determinism: "old" is the decision as it was recorded, never a re-run of the old
+rules, and the facts are the stored, normalised facts - `as_of` included - so a
+replay gives the same answer whenever it is run, unless the rules differ.
+
+A decision has *changed* when any of these differ (`COMPARED`): bearer, action,
+borrower_owes, lender_absorbs, credit category, tax form, 1099-C event code.
+
+Flow: the parent reads the log in `seq` order and sends the matching records in
+chunks to worker processes (started with `spawn`: each loads the candidate
+ruleset itself, so no durable-rules state is ever forked); at most two chunks per
+worker are in flight, so memory stays bounded however long the log. Results are
+merged in submission order, so the report does not depend on the worker count.
+
+JSON report (`--format json`), schema ``deficiency.replay/1``::
+
+    {
+      "schema": "deficiency.replay/1",
+      "candidate": {"dir": str, "name": str, "version": str, "sha256": str},
+      "store": str,                       # the audit URL, password hidden
+      "filters": {"since": ts|null, "until": ts|null, "jurisdictions": [str],
+                  "loan_types": [str], "ruleset_version": str|null},
+      "scanned": int,                     # records read in the time window
+      "evaluated": int,                   # of those, matching the filters, re-decided
+      "changed": int,
+      "failed": int,                      # facts that could not be decided again
+      "changed_fields": {field: int},     # for each field of COMPARED, changed decisions
+      "transitions": [{"from": bearer, "to": bearer, "count": int}],   # changed only;
+                                          # count desc, then from, to
+      "money": {                          # new - old; + means borrowers owe more
+        "borrower_owes_delta": money, "lender_absorbs_delta": money,
+        "by_jurisdiction": [{"jurisdiction": str, "evaluated": int, "changed": int,
+                             "borrower_owes_delta": money,
+                             "lender_absorbs_delta": money}]          # by code
+      },
+      "changes": [{"decision_id": str, "loan_id": str, "jurisdiction": str,
+                   "recorded_at": ts, "ruleset_version": str, "as_of": date,
+                   "fields": [field],     # what differs, in COMPARED order
+                   "old": {field: value}, "new": {field: value},   # all COMPARED fields
+                   "rule": {"old": rule id|null, "new": rule id|null}}],  # deciding
+                                          # bearer rule; in log (seq) order
+      "failures": [{"decision_id": str, "loan_id": str, "error": str}]
+    }
+
+Money is a string with two decimals (`"-1250.00"`), timestamps are the log's
+(`2026-01-31T12:00:00.000000Z`). `since` is inclusive, `until` exclusive, on the
+time each decision was recorded; a date means midnight UTC.
+
+Exit codes: 0 the report is complete; 1 the report is printed but some records
+could not be decided again (listed under failures); 2 the question could not be
+asked (bad option, invalid candidate ruleset, audit log unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+import re
+import signal
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, TextIO
+
+SCHEMA = "deficiency.replay/1"
+CHUNK_SIZE = 500
+EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+
+#: (report name, section of the decision, key): what a change is made of.
+COMPARED: tuple[tuple[str, str, str], ...] = (
+    ("bearer", "outcome", "bearer"),
+    ("action", "outcome", "action"),
+    ("borrower_owes", "outcome", "borrower_owes"),
+    ("lender_absorbs", "outcome", "lender_absorbs"),
+    ("credit_category", "credit_reporting", "category"),
+    ("tax_form", "tax", "form"),
+    ("event_code", "tax", "event_code"),
+)
+_MONEY_FIELDS = frozenset({"borrower_owes", "lender_absorbs"})
+ZERO = Decimal("0.00")
+
+
+class ReplayError(Exception):
+    """The replay cannot go on (one line): the candidate changed on disk, a worker died."""
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+def outcome_summary(decision: dict[str, Any]) -> dict[str, Any]:
+    """The COMPARED fields of a decision (JSON form), None where absent."""
+    summary: dict[str, Any] = {}
+    for name, section, key in COMPARED:
+        part = decision.get(section)
+        summary[name] = part.get(key) if isinstance(part, dict) else None
+    return summary
+
+
+def deciding_rule(trace: Any) -> str | None:
+    """The id of the rule that set the bearer, from a decision's trace."""
+    if not isinstance(trace, list):
+        return None
+    for entry in trace:
+        if isinstance(entry, dict) and entry.get("applied") \
+                and "outcome.bearer" in (entry.get("set") or {}):
+            return entry.get("rule")
+    return None
+
+
+def _money(value: Any) -> Decimal:
+    try:
+        return Decimal(value) if value is not None else ZERO
+    except (InvalidOperation, TypeError, ValueError):
+        return ZERO
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of the COMPARED fields that differ (money compared as amounts)."""
+    changed = []
+    for name, _, _ in COMPARED:
+        a, b = old.get(name), new.get(name)
+        if name in _MONEY_FIELDS:
+            if _money(a) != _money(b) or (a is None) != (b is None):
+                changed.append(name)
+        elif a != b:
+            changed.append(name)
+    return changed
+
+
+# --------------------------------------------------------------------------- tallying
+
+
+@dataclass
+class JurisdictionTally:
+    evaluated: int = 0
+    changed: int = 0
+    borrower_owes_delta: Decimal = ZERO
+    lender_absorbs_delta: Decimal = ZERO
+
+    def merge(self, other: JurisdictionTally) -> None:
+        self.evaluated += other.evaluated
+        self.changed += other.changed
+        self.borrower_owes_delta += other.borrower_owes_delta
+        self.lender_absorbs_delta += other.lender_absorbs_delta
+
+
+@dataclass
+class Tally:
+    """What the replay found; chunks are tallied apart and merged in log order."""
+
+    scanned: int = 0
+    evaluated: int = 0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    changed_fields: Counter[str] = field(default_factory=Counter)
+    by_jurisdiction: dict[str, JurisdictionTally] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        return len(self.changes)
+
+    @property
+    def borrower_owes_delta(self) -> Decimal:
+        return sum((j.borrower_owes_delta for j in self.by_jurisdiction.values()), ZERO)
+
+    @property
+    def lender_absorbs_delta(self) -> Decimal:
+        return sum((j.lender_absorbs_delta for j in self.by_jurisdiction.values()), ZERO)
+
+    def merge(self, other: Tally) -> None:
+        self.scanned += other.scanned
+        self.evaluated += other.evaluated
+        self.changes.extend(other.changes)
+        self.failures.extend(other.failures)
+        self.transitions.update(other.transitions)
+        self.changed_fields.update(other.changed_fields)
+        for code, part in other.by_jurisdiction.items():
+            self.by_jurisdiction.setdefault(code, JurisdictionTally()).merge(part)
+
+
+#: One record to decide again: what the worker needs of it and nothing more.
+#: (decision_id, loan_id, recorded_at, ruleset_version, facts, decision's as_of,
+#:  old summary, old deciding rule)
+WorkItem = tuple[str, str, str, str, dict, str | None, dict, str | None]
+
+
+def work_item(record: dict[str, Any]) -> WorkItem:
+    decision = record.get("decision")
+    decision = decision if isinstance(decision, dict) else {}
+    return (record["decision_id"], record["loan_id"], record["recorded_at"],
+            record.get("ruleset_version", ""), record["facts"], decision.get("as_of"),
+            outcome_summary(decision), deciding_rule(record.get("trace")))
+
+
+def decide_items(decider: Any, items: Iterable[WorkItem]) -> Tally:
+    """Decide each item's facts again with `decider` and tally against the old outcome."""
+    from .facts import FactsInvalid, FieldError, validate_facts
+
+    tally = Tally()
+    for decision_id, loan_id, recorded_at, version, stored, as_of, old, old_rule in items:
+        jurisdiction = str(stored.get("jurisdiction", "?")) if isinstance(stored, dict) else "?"
+        try:
+            # Normalised facts carry as_of; the decision's own as_of stands in for a
+            # record that lacks it - never today, which would make the replay drift.
+            day = datetime.date.fromisoformat(as_of) if isinstance(as_of, str) else None
+            if day is None and not (isinstance(stored, dict) and "as_of" in stored):
+                raise FactsInvalid([FieldError("as_of", "not in the record")])
+            facts = validate_facts(stored, today=day)
+            decision = decider.decide_facts(facts)
+        except FactsInvalid as exc:
+            tally.failures.append({"decision_id": decision_id, "loan_id": loan_id,
+                                   "error": f"stored facts no longer valid: {exc}"})
+            continue
+        except Exception as exc:  # one bad record must not end a 100,000-record replay
+            tally.failures.append({"decision_id": decision_id, "loan_id": loan_id,
+                                   "error": f"{type(exc).__name__}: {_one_line(exc)}"})
+            continue
+        tally.evaluated += 1
+        place = tally.by_jurisdiction.get(jurisdiction)
+        if place is None:
+            place = tally.by_jurisdiction[jurisdiction] = JurisdictionTally()
+        place.evaluated += 1
+        new = outcome_summary(decision)
+        changed = differences(old, new)
+        if not changed:
+            continue
+        place.changed += 1
+        owes = _money(new["borrower_owes"]) - _money(old["borrower_owes"])
+        absorbs = _money(new["lender_absorbs"]) - _money(old["lender_absorbs"])
+        place.borrower_owes_delta += owes
+        place.lender_absorbs_delta += absorbs
+        tally.transitions[(str(old["bearer"]), str(new["bearer"]))] += 1
+        tally.changed_fields.update(changed)
+        tally.changes.append({
+            "decision_id": decision_id,
+            "loan_id": loan_id,
+            "jurisdiction": jurisdiction,
+            "recorded_at": recorded_at,
+            "ruleset_version": version,
+            "as_of": decision["as_of"],
+            "fields": changed,
+            "old": old,
+            "new": new,
+            "rule": {"old": old_rule, "new": deciding_rule(decision["trace"])},
+        })
+    return tally
+
+
+# --------------------------------------------------------------------------- selecting
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: datetime.datetime | None = None
+    until: datetime.datetime | None = None
+    jurisdictions: frozenset[str] = frozenset()
+    loan_types: frozenset[str] = frozenset()
+    ruleset_version: str | None = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if self.ruleset_version is not None \
+                and record.get("ruleset_version") != self.ruleset_version:
+            return False
+        facts = record.get("facts")
+        if not isinstance(facts, dict):
+            return not (self.jurisdictions or self.loan_types)
+        if self.jurisdictions and facts.get("jurisdiction") not in self.jurisdictions:
+            return False
+        if self.loan_types:
+            loan = facts.get("loan")
+            if not isinstance(loan, dict) or loan.get("type") not in self.loan_types:
+                return False
+        return True
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "since": _timestamp(self.since),
+            "until": _timestamp(self.until),
+            "jurisdictions": sorted(self.jurisdictions),
+            "loan_types": sorted(self.loan_types),
+            "ruleset_version": self.ruleset_version,
+        }
+
+
+def _timestamp(moment: datetime.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _chunks(records: Iterable[dict[str, Any]], filters: Filters, size: int,
+            tally: Tally) -> Iterator[list[WorkItem]]:
+    chunk: list[WorkItem] = []
+    for record in records:
+        tally.scanned += 1
+        if not filters.matches(record):
+            continue
+        chunk.append(work_item(record))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------- running
+
+
+def load_candidate(directory: str | Path) -> Any:
+    """The candidate ruleset; raises PolicyError (with .problems) when it is invalid."""
+    from .policy.loader import load_ruleset
+
+    return load_ruleset(Path(directory))
+
+
+def replay(
+    store: Any,
+    candidate: str | Path,
+    *,
+    filters: Filters | None = None,
+    workers: int = 1,
+    ruleset: Any = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tally:
+    """Decide the selected records of `store` again with the ruleset in `candidate`.
+
+    `ruleset` is the candidate already loaded (loaded here otherwise); with more
+    than one worker each worker process loads it again and must find the same
+    sha256. Raises PolicyError, EngineError, ReplayError, StoreUnavailable.
+    """
+    from .engine.decide import Decider
+
+    filters = filters or Filters()
+    directory = Path(candidate).resolve()
+    rs = ruleset if ruleset is not None else load_candidate(directory)
+    decider = Decider(rs)  # engine limits fail here, once, before any worker starts
+    tally = Tally()
+    records = store.iter_records(since=filters.since, until=filters.until, batch=1000)
+    chunks = _chunks(records, filters, chunk_size, tally)
+    if workers <= 1:  # no process to gain: decide here, nothing pickled
+        try:
+            for chunk in chunks:
+                tally.merge(decide_items(decider, chunk))
+        finally:
+            decider.close()
+        return tally
+    decider.close()
+    _in_workers(chunks, directory, rs.sha256, workers, tally)
+    return tally
+
+
+def _in_workers(chunks: Iterator[list[WorkItem]], directory: Path, sha256: str,
+                workers: int, tally: Tally) -> None:
+    context = multiprocessing.get_context("spawn")
+    pending: deque[Future[Tally]] = deque()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                               initializer=_init_worker, initargs=(str(directory), sha256))
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_decide_chunk, chunk))
+            if len(pending) >= 2 * workers:  # bounded: the log is never read ahead
+                tally.merge(pending.popleft().result())
+        while pending:
+            tally.merge(pending.popleft().result())
+    except BrokenProcessPool as exc:
+        raise ReplayError(f"a replay worker process died: {_one_line(exc)}") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_candidate: tuple[str, str] | None = None
+_worker_decider: Any = None
+
+
+def _init_worker(directory: str, sha256: str) -> None:
+    global _worker_candidate
+    # Ctrl-C is the parent's to handle: it cancels the work and shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_candidate = (directory, sha256)
+
+
+def _decide_chunk(items: Sequence[WorkItem]) -> Tally:
+    global _worker_decider
+    if _worker_decider is None:
+        _worker_decider = _worker_load()
+    return decide_items(_worker_decider, items)
+
+
+def _worker_load() -> Any:
+    """The worker's own Decider (exceptions cross back to the parent as ReplayError)."""
+    from .engine.decide import Decider
+    from .policy.loader import PolicyError
+
+    assert _worker_candidate is not None
+    directory, sha256 = _worker_candidate
+    try:
+        rs = load_candidate(directory)
+    except PolicyError as exc:
+        first = exc.problems[0] if exc.problems else exc
+        raise ReplayError(f"candidate ruleset changed during the replay: {first}") from None
+    if rs.sha256 != sha256:
+        raise ReplayError(f"candidate ruleset {directory} changed during the replay "
+                          f"(sha256 {rs.sha256[:12]}, expected {sha256[:12]})")
+    try:
+        return Decider(rs)
+    except Exception as exc:
+        raise ReplayError(f"worker cannot load the candidate: {_one_line(exc)}") from None
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class ReplayReport:
+    candidate_dir: str
+    candidate: dict[str, str]  # name, version, sha256
+    store: str
+    filters: Filters
+    tally: Tally
+    seconds: float = 0.0
+
+
+def _money_str(value: Decimal) -> str:
+    return format(value.quantize(Decimal("0.01")), "f")
+
+
+def report_json(report: ReplayReport) -> dict[str, Any]:
+    """The report as the documented JSON (schema deficiency.replay/1); deterministic."""
+    t = report.tally
+    return {
+        "schema": SCHEMA,
+        "candidate": {"dir": report.candidate_dir, **report.candidate},
+        "store": report.store,
+        "filters": report.filters.as_json(),
+        "scanned": t.scanned,
+        "evaluated": t.evaluated,
+        "changed": t.changed,
+        "failed": len(t.failures),
+        "changed_fields": {name: t.changed_fields.get(name, 0) for name, _, _ in COMPARED},
+        "transitions": [{"from": old, "to": new, "count": count}
+                        for (old, new), count in _sorted_transitions(t.transitions)],
+        "money": {
+            "borrower_owes_delta": _money_str(t.borrower_owes_delta),
+            "lender_absorbs_delta": _money_str(t.lender_absorbs_delta),
+            "by_jurisdiction": [
+                {"jurisdiction": code, "evaluated": j.evaluated, "changed": j.changed,
+                 "borrower_owes_delta": _money_str(j.borrower_owes_delta),
+                 "lender_absorbs_delta": _money_str(j.lender_absorbs_delta)}
+                for code, j in sorted(t.by_jurisdiction.items())
+            ],
+        },
+        "changes": t.changes,
+        "failures": t.failures,
+    }
+
+
+def _sorted_transitions(
+        transitions: Counter[tuple[str, str]]) -> list[tuple[tuple[str, str], int]]:
+    return sorted(transitions.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _signed(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.01')):+,.2f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]],
+           right: frozenset[int] = frozenset()) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    return lines
+
+
+def render_text(report: ReplayReport) -> str:
+    t = report.tally
+    c = report.candidate
+    lines = [
+        f"Replay against candidate {c['name']} {c['version']} (sha256 {c['sha256'][:12]}) "
+        f"from {report.candidate_dir}",
+        f"Audit log: {report.store}",
+    ]
+    f = report.filters
+    chosen = [f"{k} {v}" for k, v in (("since", _timestamp(f.since)),
+                                      ("until", _timestamp(f.until)),
+                                      ("ruleset version", f.ruleset_version)) if v]
+    if f.jurisdictions:
+        chosen.append("jurisdiction " + ",".join(sorted(f.jurisdictions)))
+    if f.loan_types:
+        chosen.append("loan type " + ",".join(sorted(f.loan_types)))
+    lines.append("Filters: " + ("; ".join(chosen) if chosen else "none"))
+    share = f" ({t.changed / t.evaluated:.2%})" if t.evaluated else ""
+    lines.append(f"Evaluated {t.evaluated:,} of {t.scanned:,} recorded decisions "
+                 f"in {report.seconds:.1f} s: {t.changed:,} changed{share}, "
+                 f"{len(t.failures):,} could not be decided again.")
+    if t.changed:
+        lines += ["", "Changed fields: " + ", ".join(
+            f"{name} {t.changed_fields[name]:,}" for name, _, _ in COMPARED
+            if t.changed_fields.get(name))]
+        lines += ["", "Bearer transitions (changed decisions):"]
+        lines += _table(("old", "new", "count"),
+                        [(old, new, f"{n:,}") for (old, new), n
+                         in _sorted_transitions(t.transitions)], right=frozenset({2}))
+        lines += ["", "Money moved (new - old; + means borrowers owe more):"]
+        rows = [(code, f"{j.evaluated:,}", f"{j.changed:,}", _signed(j.borrower_owes_delta),
+                 _signed(j.lender_absorbs_delta))
+                for code, j in sorted(t.by_jurisdiction.items()) if j.changed]
+        rows.append(("total", f"{t.evaluated:,}", f"{t.changed:,}",
+                     _signed(t.borrower_owes_delta), _signed(t.lender_absorbs_delta)))
+        lines += _table(("jurisdiction", "evaluated", "changed", "borrower_owes",
+                         "lender_absorbs"), rows, right=frozenset({1, 2, 3, 4}))
+        unchanged = sorted(code for code, j in t.by_jurisdiction.items() if not j.changed)
+        if unchanged:
+            lines.append(f"  no change in: {', '.join(unchanged)}")
+        lines += ["", "Changed decisions (log order):"]
+        lines += _table(
+            ("loan_id", "decision_id", "jur", "bearer", "borrower_owes", "rule", "changed"),
+            [(ch["loan_id"], ch["decision_id"], ch["jurisdiction"],
+              f"{ch['old']['bearer']} -> {ch['new']['bearer']}",
+              f"{ch['old']['borrower_owes']} -> {ch['new']['borrower_owes']}",
+              f"{ch['rule']['old']} -> {ch['rule']['new']}",
+              ",".join(ch["fields"]))
+             for ch in t.changes])
+    if t.failures:
+        lines += ["", "Could not be decided again:"]
+        lines += [f"  {x['loan_id']}  {x['decision_id']}  {x['error']}" for x in t.failures]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+
+
+def parse_time(option: str, text: str) -> datetime.datetime:
+    """An ISO date (midnight UTC) or timestamp (UTC when it has no offset)."""
+    from .cli import CliError
+
+    value = text.strip()
+    try:
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            day = datetime.date.fromisoformat(value)
+            return datetime.datetime.combine(day, datetime.time(), datetime.UTC)
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]+([Zz]|[+-][0-9:]+)?",
+                            value):
+            raise ValueError
+        moment = datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        raise CliError(f"{option}: {text!r} is not an ISO date (YYYY-MM-DD) or timestamp "
+                       "(YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM])") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
+
+
+def filters_from_args(args: argparse.Namespace) -> Filters:
+    from .cli import CliError
+    from .facts import FACT_ENUMS, JURISDICTIONS
+
+    since = parse_time("--since", args.since) if args.since else None
+    until = parse_time("--until", args.until) if args.until else None
+    if since is not None and until is not None and since >= until:
+        raise CliError("--since must be before --until (--until is exclusive)")
+    codes = frozenset(c.strip().upper() for c in args.jurisdiction or ())
+    for code in sorted(codes):
+        if code not in JURISDICTIONS:
+            raise CliError(f"--jurisdiction: unknown code {code!r} "
+                           "(two letters: a US state, DC, PR, GU or VI)")
+    types = frozenset(t.strip() for t in args.loan_type or ())
+    for kind in sorted(types):
+        if kind not in FACT_ENUMS["loan.type"]:
+            raise CliError(f"--loan-type: unknown type {kind!r} "
+                           f"(one of {', '.join(FACT_ENUMS['loan.type'])})")
+    version = args.ruleset_version
+    if version is not None and not version.strip():
+        raise CliError("--ruleset-version: must not be empty")
+    return Filters(since, until, codes, types, version)
+
+
+def _audit_url(args: argparse.Namespace) -> str:
+    from .cli import CliError
+
+    if args.url:
+        return str(args.url)
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(args.config).audit.url
+    except ConfigError as exc:
+        raise CliError(f"configuration: {_one_line(exc)}") from None
+
+
+def _shown_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
+def _open_existing(url: str) -> Any:
+    """The audit store; a SQLite file must exist (opening would create an empty one)."""
+    from .audit.engine import normalise_url
+    from .audit.store import StoreUnavailable, open_store
+    from .cli import CliError
+
+    try:
+        parsed = normalise_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "").expanduser()
+            if not path.is_file():
+                raise CliError(f"audit store: no audit log at {path}")
+        return open_store(url)
+    except (ValueError, StoreUnavailable) as exc:
+        raise CliError(f"audit store: {_one_line(exc)}") from None
+
+
+def _default_workers() -> int:
+    from .config import cpu_count
+
+    return cpu_count()
+
+
+def replay_command(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+    import time
+
+    from .audit.store import StoreUnavailable
+    from .cli import CliError
+    from .engine.runtime import EngineError
+    from .policy.loader import PolicyError
+
+    workers = args.workers if args.workers is not None else _default_workers()
+    if not 1 <= workers <= 256:
+        raise CliError("--workers: must be from 1 to 256")
+    filters = filters_from_args(args)
+    directory = Path(args.candidate)
+    try:
+        rs = load_candidate(directory)
+    except PolicyError as exc:
+        first = exc.problems[0] if exc.problems else exc
+        more = (f" (and {len(exc.problems) - 1} more; run `deficiency check {directory}`)"
+                if len(exc.problems) > 1 else "")
+        raise CliError(f"invalid candidate ruleset: {_one_line(first)}{more}") from None
+    url = _audit_url(args)
+    store = _open_existing(url)
+    started = time.perf_counter()
+    try:
+        tally = replay(store, directory, filters=filters, workers=workers, ruleset=rs)
+    except EngineError as exc:
+        raise CliError(f"candidate ruleset exceeds an engine limit: {_one_line(exc)}") from None
+    except StoreUnavailable as exc:
+        raise CliError(f"audit store: {_one_line(exc)}") from None
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    report = ReplayReport(
+        candidate_dir=str(directory),
+        candidate={"name": rs.name, "version": rs.version, "sha256": rs.sha256},
+        store=_shown_url(url), filters=filters, tally=tally,
+        seconds=time.perf_counter() - started)
+    if args.format == "json":
+        out.write(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n")
+    else:
+        out.write(render_text(report))
+    return EXIT_FAILURES if tally.failures else EXIT_OK
