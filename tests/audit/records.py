@@ -1,0 +1,57 @@
+"""Records for the audit tests (importable from spawned worker processes too)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from service.audit.store import NewRecord
+
+T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_record(n: int, *, loan_id: str | None = None, at: datetime | None = None,
+                key: str | None = None, decision_id: str | None = None) -> NewRecord:
+    return NewRecord(
+        decision_id=decision_id or f"dec-{n:06d}-{uuid.uuid4().hex[:8]}",
+        recorded_at=at or T0 + timedelta(seconds=n),
+        loan_id=loan_id or f"loan-{n % 3}",
+        ruleset_name="default",
+        ruleset_version="2024.03",
+        ruleset_sha256="ab" * 32,
+        facts={"loan": {"id": loan_id or f"loan-{n % 3}", "debt": "12500.00"}, "n": n,
+               "note": "señor ✓"},
+        decision={"outcome": {"bearer": "borrower", "borrower_owes": "1250.00"},
+                  "amounts": {"deficiency": "1250.00"}, "flags": [True, None, 3]},
+        trace=[{"stage": "bearer", "rule": "consumer_default", "applied": True,
+                "overridden_by": None}],
+        duration_ms=1.25 + n,
+        idempotency_key=key,
+        request_hash=None if key is None else f"req-{key}",
+    )
+
+
+def append_in_small_batches(url: str, worker: int, records: int, barrier) -> None:
+    """A writer process: wait for the others, open the store (all at once, racing
+    the migration), then append `records` records in batches of 1 to 4."""
+    from service.audit.store import open_store
+
+    barrier.wait()
+    store = open_store(url)
+    try:
+        barrier.wait()  # everyone migrated; now append at the same time
+        n = 0
+        for size in [1, 2, 3, 4] * records:
+            if n >= records:
+                break
+            size = min(size, records - n)
+            store.append([make_record(worker * 100_000 + n + i, loan_id=f"w{worker}")
+                          for i in range(size)])
+            n += size
+    finally:
+        store.close()
+
+
+def append_one(store, n: int) -> None:
+    """In a forked child: append through the store the parent opened."""
+    store.append([make_record(n)])

@@ -1,0 +1,135 @@
+"""Opening, migrating, and failing (and recovering) the way the HTTP layer needs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+import sqlalchemy as sa
+
+from service.audit.engine import normalise_url
+from service.audit.store import GroupCommitter, StoreUnavailable, open_store
+from tests.audit.conftest import admin_engine
+from tests.audit.records import append_one, make_record
+
+
+@pytest.mark.parametrize("url, driver", [
+    ("postgresql://u@db/audit", "postgresql+psycopg"),
+    ("postgres://u@db/audit", "postgresql+psycopg"),
+    ("postgresql+psycopg://u@db/audit", "postgresql+psycopg"),
+    ("sqlite:///var/audit.db", "sqlite"),
+])
+def test_urls_are_normalised_to_the_supported_drivers(url, driver):
+    assert normalise_url(url).drivername == driver
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite://", "sqlite:///:memory:", "mysql://u@db/audit", "not a url",
+    "sqlite+aiosqlite:///x.db",
+])
+def test_unusable_urls_are_value_errors(url):
+    with pytest.raises(ValueError):
+        open_store(url)
+
+
+def test_opening_creates_parent_directories(tmp_path):
+    path = tmp_path / "a" / "b" / "audit.db"
+    with open_store(f"sqlite:///{path}") as store:
+        store.append([make_record(1)])
+    assert path.is_file()
+
+
+def test_sqlite_is_set_up_for_durability_and_concurrency(tmp_path):
+    with open_store(f"sqlite:///{tmp_path}/audit.db") as store, \
+            store._engine.connect() as connection:
+        pragma = connection.exec_driver_sql
+        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+        assert pragma("PRAGMA synchronous").scalar() == 2  # FULL
+        assert pragma("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def test_the_schema_is_at_head_and_reopening_does_not_migrate_again(store_url):
+    for _ in range(2):
+        with open_store(store_url) as store, store._engine.connect() as connection:
+            version = connection.exec_driver_sql(
+                "SELECT version_num FROM audit_schema_version").scalars().all()
+            assert version == ["0001"]
+
+
+def test_a_database_from_a_newer_release_is_refused_clearly(store_url, raw):
+    open_store(store_url).close()
+    with raw.begin() as connection:
+        connection.exec_driver_sql("UPDATE audit_schema_version SET version_num = '9999'")
+    with pytest.raises(StoreUnavailable, match="cannot be migrated"):
+        open_store(store_url)
+
+
+def test_an_unreachable_postgresql_is_store_unavailable():
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        open_store("postgresql://postgres@127.0.0.1:1/audit?connect_timeout=2")
+
+
+def test_a_locked_sqlite_file_is_store_unavailable_then_recovers(tmp_path):
+    path = tmp_path / "audit.db"
+    with open_store(f"sqlite:///{path}", busy_timeout=0.2) as store:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreUnavailable, match="locked"):
+                store.append([make_record(1)])
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        store.append([make_record(2)])
+        assert store.count() == 1 and store.verify().ok
+
+
+def test_postgresql_connections_killed_by_the_server_are_replaced(pg_url):
+    with open_store(pg_url) as store:
+        store.append([make_record(1)])
+        assert store.count() == 1  # pooled connections now exist
+        name = sa.engine.make_url(pg_url).database
+        with admin_engine().connect() as admin:
+            killed = admin.execute(
+                sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = :name"), {"name": name}).scalar()
+        assert killed >= 1
+        store.append([make_record(2)])  # pre-ping noticed and reconnected
+        assert store.count() == 2 and store.verify().ok
+
+
+def test_a_vanished_postgresql_database_is_store_unavailable(own_pg_url):
+    pg_url = own_pg_url
+    store = open_store(pg_url)
+    committer = GroupCommitter(store)
+    try:
+        store.append([make_record(1)])
+        name = sa.engine.make_url(pg_url).database
+        with admin_engine().connect() as admin:
+            admin.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        assert store.ping() is False
+        with pytest.raises(StoreUnavailable):
+            store.append([make_record(2)])
+        with pytest.raises(StoreUnavailable):
+            committer.submit(make_record(3))
+        for read in (lambda: store.get("x"), store.count, store.verify,
+                     lambda: store.query(), lambda: list(store.iter_records())):
+            with pytest.raises(StoreUnavailable):
+                read()
+    finally:
+        committer.close()
+        store.close()
+
+
+def test_a_forked_worker_uses_its_own_connections(store):
+    store.append([make_record(1)])  # the parent now holds pooled connections
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=append_one, args=(store, n)) for n in (2, 3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+    assert [c.exitcode for c in children] == [0, 0]
+    store.append([make_record(4)])
+    assert store.count() == 4 and store.verify().ok
