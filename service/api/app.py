@@ -1,0 +1,150 @@
+"""The Flask application factory: `create_app(config)`.
+
+Everything a request needs — the active ruleset, the audit log link, the
+keyring, the metrics registry, the access log — is built here and kept on the
+app (`app.extensions["deficiency"]`), never in module globals, so tests build
+as many independent apps as they like and each gunicorn worker builds its own
+(durable-rules state must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+from flask import Flask, Response, current_app, g, request
+from werkzeug.routing import BaseConverter
+
+from ..audit import AuditStore, open_store
+from ..config import Config, load_config
+from ..policy.model import Ruleset
+from . import problems
+from .access_log import AccessLog
+from .audit_link import AuditLink
+from .auth import Keyring, Principal, require_scope
+from .metrics import Metrics
+from .rulesets import ActiveRuleset, Generation
+
+EXTENSION = "deficiency"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+log = logging.getLogger("deficiency.api")
+
+
+class UlidConverter(BaseConverter):
+    """A decision id: 26 Crockford base32 characters (so /v1/decisions/batch is not one)."""
+
+    regex = r"[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}"
+
+
+@dataclass
+class Service:
+    config: Config
+    rulesets: ActiveRuleset
+    audit: AuditLink
+    keyring: Keyring
+    metrics: Metrics
+    access_log: AccessLog | None
+
+    def close(self) -> None:
+        """Commit what is queued, close the store, free the engine ruleset."""
+        self.audit.close()
+        self.rulesets.close()
+
+
+def service() -> Service:
+    svc: Service = current_app.extensions[EXTENSION]
+    return svc
+
+
+def authorize(scope: str | None) -> Principal:
+    """Authenticate the request (401) and require `scope` (403); None: any valid key."""
+    svc = service()
+    principal = svc.keyring.authenticate(request.headers.get("Authorization"),
+                                         request.headers.get("X-API-Key"))
+    g.client = principal.name
+    require_scope(principal, scope)
+    return principal
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    generation: Generation | None = None,
+    access_log_stream: TextIO | None = None,
+    audit_opener: Callable[[str], AuditStore] = open_store,
+    fallback_ruleset: Ruleset | None = None,
+) -> Flask:
+    """Build the app. Raises PolicyError when the rules directory is invalid (unless a
+    `fallback_ruleset` is given) and ValueError for an unusable audit URL; an
+    unreachable store is retried later."""
+    from .decisions import bp as decisions_bp
+    from .ops import bp as ops_bp
+    from .ruleset import bp as ruleset_bp
+
+    config = config or load_config()
+    app = Flask("service.api")
+    # One byte over the limit: werkzeug stops a streamed (chunked) body there without
+    # an error, so a body that reaches limit + 1 bytes is known to be too large.
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes + 1
+    app.url_map.converters["ulid"] = UlidConverter
+    app.url_map.strict_slashes = True
+
+    rulesets = ActiveRuleset(config.rules.dir, generation, fallback=fallback_ruleset)
+    try:
+        audit = AuditLink(config.audit.url, opener=audit_opener)
+    except BaseException:
+        rulesets.close()
+        raise
+    svc = Service(
+        config=config,
+        rulesets=rulesets,
+        audit=audit,
+        keyring=Keyring(config.auth.keys),
+        metrics=Metrics(),
+        access_log=AccessLog(access_log_stream) if config.server.access_log else None,
+    )
+    app.extensions[EXTENSION] = svc
+
+    app.register_blueprint(decisions_bp)
+    app.register_blueprint(ruleset_bp)
+    app.register_blueprint(ops_bp)
+    problems.register(app, lambda p: svc.metrics.errors.labels(p.kind).inc())
+
+    @app.before_request
+    def _start() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        _observe(svc, response)
+        return response
+
+    return app
+
+
+def _observe(svc: Service, response: Response) -> None:
+    # Plain objects rather than the context-local proxies: this runs on every request.
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    ctx = g._get_current_object()  # type: ignore[attr-defined]
+    started: float | None = getattr(ctx, "started", None)
+    duration = time.perf_counter() - started if started is not None else 0.0
+    rule = req.url_rule.rule if req.url_rule is not None else "<unmatched>"
+    status = response.status_code
+    # Bounded label values: an arbitrary method must not mint new time series.
+    method = req.method if req.method in _METHODS else "OTHER"
+    svc.metrics.observe_request(method, rule, status, duration)
+    if svc.access_log is not None:
+        svc.access_log.write(
+            method=req.method,
+            path=req.path,
+            status=status,
+            duration_ms=duration * 1000,
+            remote=req.remote_addr,
+            client=getattr(ctx, "client", None),
+            decision_id=getattr(ctx, "decision_id", None),
+            decisions=getattr(ctx, "decisions", None),
+            problem=getattr(ctx, "problem_kind", None),
+        )

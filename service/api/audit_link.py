@@ -1,0 +1,114 @@
+"""The app's connection to the audit log, which may not be reachable yet.
+
+The service starts even when the database is down (readiness says so, and
+decisions are refused with 503); the store is opened on first use and the
+attempt repeated at most once per `retry_interval` until it succeeds. Once
+open, the store's connection pool recovers by itself when the database comes
+back (pre-ping on PostgreSQL; SQLite reopens the file).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..audit import AuditStore, GroupCommitter, NewRecord, StoreUnavailable, open_store
+
+log = logging.getLogger("deficiency.api")
+
+
+class AuditLink:
+    def __init__(
+        self,
+        url: str,
+        *,
+        opener: Callable[[str], AuditStore] = open_store,
+        retry_interval: float = 1.0,
+    ) -> None:
+        self._url = url
+        self._opener = opener
+        self._retry_interval = retry_interval
+        self._lock = threading.Lock()
+        self._store: AuditStore | None = None
+        self._committer: GroupCommitter | None = None
+        self._last_attempt = -float("inf")
+        self._last_error = "audit store not opened yet"
+        self._closed = False
+        try:
+            self._open()
+        except StoreUnavailable as exc:
+            log.warning("audit store unavailable at start-up (will retry): %s", exc)
+
+    def _open(self) -> tuple[AuditStore, GroupCommitter]:
+        store, committer = self._store, self._committer
+        if store is not None and committer is not None:
+            return store, committer
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable("audit store closed (shutting down)")
+            if self._store is None or self._committer is None:
+                now = time.monotonic()
+                if now - self._last_attempt < self._retry_interval:
+                    raise StoreUnavailable(self._last_error)
+                self._last_attempt = now
+                try:
+                    store = self._opener(self._url)
+                except StoreUnavailable as exc:
+                    self._last_error = str(exc)
+                    raise
+                except OSError as exc:  # e.g. the SQLite directory cannot be created (yet)
+                    self._last_error = f"audit store unavailable: {exc}"
+                    raise StoreUnavailable(self._last_error) from exc
+                self._store, self._committer = store, GroupCommitter(store)
+                log.info("audit store open (%s)", store.backend)
+            return self._store, self._committer
+
+    def store(self) -> AuditStore:
+        """The open store; raises StoreUnavailable."""
+        return self._open()[0]
+
+    @property
+    def backend(self) -> str | None:
+        return self._store.backend if self._store is not None else None
+
+    def submit(self, record: NewRecord) -> None:
+        """Commit one record (grouped with concurrent ones); raises StoreUnavailable,
+        DuplicateIdempotencyKey, DuplicateDecisionId."""
+        committer = self._open()[1]
+        try:
+            committer.submit(record)
+        except RuntimeError as exc:  # committer closed (shutting down) or its writer failed
+            raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
+
+    def append_each(self, records: Sequence[NewRecord]) -> list[Exception | None]:
+        """Commit records in one transaction; one entry per record (None: committed)."""
+        return self.store().append_each(records)
+
+    def unavailable_reason(self) -> str | None:
+        """None when the store answers, else why not."""
+        try:
+            store = self.store()
+        except StoreUnavailable as exc:
+            return str(exc)
+        if not store.ping():
+            return "audit store unavailable: the database does not answer"
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            committer, store = self._committer, self._store
+            self._committer = self._store = None
+        if committer is not None:
+            committer.close()
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> AuditLink:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,132 @@
+"""`deficiency serve`, `deficiency audit verify|show`, `deficiency keys new`.
+
+Errors are `CliError` (one line, exit 2), never a traceback. This module imports
+little at the top: `serve` must set up multiprocess metrics before any worker
+imports prometheus_client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from typing import TYPE_CHECKING, TextIO
+
+from ..cli import CliError
+from ..config import KEY_NAME, Config, ConfigError, is_loopback_bind, load_config, split_bind
+
+if TYPE_CHECKING:
+    from ..policy.model import Ruleset
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(getattr(args, "config", None))
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}") from None
+
+
+def serve_command(args: argparse.Namespace, out: TextIO) -> int:
+    config = _config(args)
+    bind = (args.bind or config.server.bind).strip()
+    if not bind.startswith("unix:"):
+        try:
+            split_bind(bind)
+        except ValueError as exc:
+            raise CliError(f"--bind: {exc}") from None
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers < 1:
+        raise CliError("--workers: must be at least 1")
+    if not config.auth.keys and not is_loopback_bind(bind):
+        raise CliError(
+            f"refusing to serve on {bind} without API keys: add keys under auth.keys "
+            "(deficiency keys new --scope decide) or bind a loopback address")
+    ruleset = _check_startup(config)
+    if not config.auth.keys:
+        print("deficiency: no API keys configured (auth.keys): the service is OPEN - every "
+              f"request has every scope; listening on loopback only ({bind})",
+              file=sys.stderr)
+
+    own_metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        own_metrics_dir = tempfile.mkdtemp(prefix="deficiency-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    from .server import DeficiencyServer, gunicorn_settings
+
+    settings = gunicorn_settings(
+        bind=bind, workers=workers, threads=config.server.threads,
+        timeout=config.server.timeout, graceful_timeout=config.server.graceful_timeout,
+        keepalive=config.server.keepalive,
+        keepalive_requests=config.server.keepalive_requests)
+    master = os.getpid()
+    try:
+        DeficiencyServer(getattr(args, "config", None), settings, ruleset).run()
+    except SystemExit as exc:
+        # Workers are forked inside run() and leave through this same stack with
+        # SystemExit: only the master answers for the command and cleans up.
+        if os.getpid() != master:
+            raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        if own_metrics_dir is not None and os.getpid() == master:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _check_startup(config: Config) -> Ruleset:
+    """What would make every worker fail to boot is reported here, once, in one line."""
+    from ..audit.engine import normalise_url
+    from ..policy.loader import PolicyError, load_ruleset
+
+    try:
+        normalise_url(config.audit.url)
+    except ValueError as exc:
+        raise CliError(f"configuration: audit.url: {exc}") from None
+    try:
+        return load_ruleset(config.rules.dir)
+    except PolicyError as exc:
+        first = exc.problems[0] if exc.problems else exc
+        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        raise CliError(f"invalid ruleset in {config.rules.dir}: {first}{more}") from None
+
+
+def _audit_url(args: argparse.Namespace) -> str:
+    if getattr(args, "url", None):
+        return str(args.url)
+    return _config(args).audit.url
+
+
+def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
+    from ..audit.commands import verify_command
+
+    return verify_command(_audit_url(args), out)
+
+
+def audit_show_command(args: argparse.Namespace, out: TextIO) -> int:
+    from ..audit.commands import show_command
+
+    return show_command(_audit_url(args), args.id, out)
+
+
+def keys_new_command(args: argparse.Namespace, out: TextIO) -> int:
+    import datetime
+
+    from .auth import key_sha256, new_key
+
+    scopes = list(dict.fromkeys(args.scope))  # keep order, drop repeats
+    name = args.name or f"key-{datetime.date.today():%Y%m%d}-{os.urandom(2).hex()}"
+    if not KEY_NAME.match(name):
+        raise CliError("--name: must be 1-64 letters, digits, '_', '.', '@' or '-'")
+    key = new_key()
+    out.write(
+        f"{key}\n"
+        "\n"
+        "# The key above is shown once: give it to the client, keep it in a secret store.\n"
+        "# Paste this under auth.keys in config.yaml (only the hash is stored):\n"
+        f"  - name: {name}\n"
+        f"    sha256: {key_sha256(key)}\n"
+        f"    scopes: [{', '.join(scopes)}]\n"
+    )
+    return 0

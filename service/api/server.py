@@ -1,0 +1,255 @@
+"""`deficiency serve`: gunicorn, run from Python, with threaded (gthread) workers.
+
+- `preload_app` is off: each worker process builds its own app, engine and audit
+  connections after the fork (durable-rules state must never be forked).
+- Threads per worker let the audit log's group committer put the records of
+  concurrent requests into one transaction.
+- SIGTERM stops gracefully: workers finish their in-flight requests (up to
+  `server.graceful_timeout`), then commit what is queued and close the store.
+- A ruleset reload in one worker is followed by the others through a generation
+  number in shared memory, created here before the workers are forked.
+- Prometheus metrics are aggregated over the workers (multiprocess mode).
+- Connections are spread over the workers: each worker can use one core (the
+  engine holds the GIL), and keep-alive connections stay with the worker that
+  accepted them, so a worker holding more than its share stops accepting
+  (`BalancedThreadWorker`) and connections are recycled every
+  `server.keepalive_requests` requests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+
+from ..policy.model import Ruleset
+from .generation import SharedGeneration
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _configure_worker_logging() -> None:
+    logger = logging.getLogger("deficiency")
+    if any(getattr(h, "_deficiency", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    handler._deficiency = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _use_multiprocess_metrics() -> None:
+    """Make every metric created from now on in this worker a shared-file value."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import values
+
+        values.ValueClass = values.MultiProcessValue()
+
+
+def _worker_exit(_server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    svc = getattr(app, "extensions", {}).get("deficiency") if app is not None else None
+    if svc is not None:
+        svc.close()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    shares = getattr(getattr(server, "app", None), "connection_shares", None)
+    if isinstance(shares, ConnectionShares):
+        shares.release(worker.pid)
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def _connection_recycler(limit: int) -> Any:
+    """pre_request hook: answer with "Connection: close" when this worker holds clearly
+    more connections than another (the client reconnects, and the other worker takes
+    it), and on the `limit`-th request of any keep-alive connection."""
+
+    def pre_request(worker: Any, req: Any) -> None:
+        if (limit and req.req_number >= limit) or (
+                isinstance(worker, BalancedThreadWorker) and worker.over_share()):
+            req.must_close = True
+
+    return pre_request
+
+
+class ConnectionShares:
+    """Each worker's open connection count, in shared memory (created before the fork).
+
+    Slots are claimed by pid; a slot whose worker stopped publishing for STALE
+    seconds (dead, or wedged) is free again and no longer counts.
+    """
+
+    STALE = 2.5  # an idle worker's loop still turns every second
+
+    def __init__(self, slots: int) -> None:
+        self._pids: Any = multiprocessing.RawArray("q", slots)
+        self._conns: Any = multiprocessing.RawArray("q", slots)
+        self._beats: Any = multiprocessing.RawArray("d", slots)
+        self._lock = multiprocessing.Lock()
+
+    def claim(self, pid: int) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            for i in range(len(self._pids)):
+                if self._pids[i] == 0 or now - self._beats[i] > self.STALE:
+                    self._pids[i], self._conns[i], self._beats[i] = pid, 0, now
+                    return i
+        return None  # more workers than slots: this one just does not take part
+
+    def release(self, pid: int) -> None:
+        """The worker is gone (called by the master): its count no longer counts."""
+        with self._lock:
+            for i in range(len(self._pids)):
+                if self._pids[i] == pid:
+                    self._pids[i] = self._conns[i] = 0
+
+    def publish(self, slot: int, conns: int) -> None:
+        self._conns[slot] = conns
+        self._beats[slot] = time.monotonic()
+
+    def fewest_elsewhere(self, slot: int) -> int | None:
+        """The smallest connection count of the other live workers (None: no others)."""
+        now = time.monotonic()
+        counts = [self._conns[i] for i in range(len(self._pids))
+                  if i != slot and self._pids[i] and now - self._beats[i] <= self.STALE]
+        return min(counts) if counts else None
+
+    def may_accept(self, slot: int, conns: int) -> bool:
+        """Accept while no live worker holds fewer connections than this one."""
+        fewest = self.fewest_elsewhere(slot)
+        return fewest is None or conns <= fewest
+
+    def over_share(self, slot: int, conns: int) -> bool:
+        """Holding clearly more than another worker (a margin of 2 against flapping)."""
+        fewest = self.fewest_elsewhere(slot)
+        return fewest is not None and conns > fewest + 2
+
+
+class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker that stops accepting while it holds more connections
+    than another worker: the idle worker then takes the new ones."""
+
+    _shares: ConnectionShares | None = None
+    _slot: int | None = None
+    _claimed = False
+    _max_conns = 0
+    _last_conns = -1
+    _last_look = 0.0
+    _accepting_share = True
+
+    # The gthread loop reads `worker_connections` on every turn to decide whether
+    # to listen for new connections: publish our count and apply the fair share.
+    # The slot is claimed on the first turn, once the app is built: a worker still
+    # booting must not make the others stop accepting.
+    @property  # type: ignore[override]
+    def worker_connections(self) -> int:
+        if not self._claimed:
+            self._claimed = True
+            shares = getattr(self.app, "connection_shares", None)
+            if isinstance(shares, ConnectionShares):
+                self._slot = shares.claim(os.getpid())
+                self._shares = shares if self._slot is not None else None
+        shares, slot = self._shares, self._slot
+        if shares is None or slot is None:
+            return self._max_conns
+        # The loop turns several times per request: look at shared memory only when
+        # our count changed or every 50 ms (others' counts, our heartbeat).
+        conns = int(getattr(self, "nr_conns", 0))
+        now = time.monotonic()
+        if conns != self._last_conns or now - self._last_look > 0.05:
+            self._last_conns, self._last_look = conns, now
+            shares.publish(slot, conns)
+            self._accepting_share = shares.may_accept(slot, conns)
+        return self._max_conns if self._accepting_share else 0
+
+    @worker_connections.setter
+    def worker_connections(self, value: int) -> None:
+        self._max_conns = value
+
+    def over_share(self) -> bool:
+        shares, slot = self._shares, self._slot
+        return shares is not None and slot is not None and shares.over_share(
+            slot, int(getattr(self, "nr_conns", 0)))
+
+
+class DeficiencyServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with our settings; each worker calls `create_app(load_config(path))`."""
+
+    def __init__(self, config_path: str | None, settings: dict[str, Any],
+                 startup_ruleset: Ruleset | None = None) -> None:
+        self._config_path = config_path
+        self._settings = settings
+        # Plain data (no engine state), validated by the master: a worker restarted
+        # while the rule files are broken falls back to it instead of failing to boot.
+        self._startup_ruleset = startup_ruleset
+        self._generation = SharedGeneration()
+        workers = int(settings.get("workers", 1))
+        self.connection_shares = ConnectionShares(max(4, 2 * workers))
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._settings.items():
+            self.cfg.set(name, value)
+        self.cfg.set("worker_class", "service.api.server.BalancedThreadWorker")
+        self.cfg.set("preload_app", False)
+        self.cfg.set("accesslog", None)  # the app writes structured access lines
+        self.cfg.set("errorlog", "-")
+        self.cfg.set("proc_name", "deficiency")
+        # gunicorn's control socket defaults to one path per user: two servers collide.
+        self.cfg.set("control_socket_disable", True)
+        self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("child_exit", _child_exit)
+
+    def load(self) -> Any:
+        """Runs in each worker after the fork."""
+        _configure_worker_logging()
+        _use_multiprocess_metrics()
+        from ..config import load_config
+        from .app import create_app
+
+        return create_app(load_config(self._config_path), generation=self._generation,
+                          fallback_ruleset=self._startup_ruleset)
+
+
+def gunicorn_settings(*, bind: str, workers: int, threads: int, timeout: int,
+                      graceful_timeout: int, keepalive: int,
+                      keepalive_requests: int) -> dict[str, Any]:
+    return {
+        "pre_request": _connection_recycler(keepalive_requests),
+        "bind": [bind],
+        "workers": workers,
+        "threads": threads,
+        "timeout": timeout,
+        "graceful_timeout": graceful_timeout,
+        "keepalive": keepalive,
+        "loglevel": "info",
+    }
