@@ -120,8 +120,10 @@ def _format(value: Any, kind: str) -> str:
     if isinstance(value, datetime.date):
         return value.isoformat()
     if kind == ex.AMOUNT and isinstance(value, Decimal):
-        q = value.quantize(CENT, rounding=ROUND_HALF_UP)
-        return f"-${-q:,.2f}" if q < 0 else f"${q:,.2f}"
+        # $1,234.56 from integer cents (Decimal.__format__ is slow on the hot path)
+        cents = int(value.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
+        whole, frac = divmod(abs(cents), 100)
+        return f"{'-' if cents < 0 else ''}${whole:,}.{frac:02d}"
     if isinstance(value, Decimal):
         return f"{value.normalize():f}" if value == value.to_integral_value() else str(value)
     return _text(value)
@@ -152,6 +154,10 @@ def plan_rules(rs: Ruleset) -> dict[Rule, RulePlan]:
     return {r: RulePlan(r, rs) for r in rs.rules}
 
 
+def _rank(rule: Rule) -> tuple[int, int]:
+    return (-rule.priority, rule.order)
+
+
 class Resolution:
     """The evolving state of one decision: context (inputs + outputs), lists, trace."""
 
@@ -169,7 +175,7 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
                   plans: dict[Rule, RulePlan]) -> None:
     ctx = res.ctx
     # An `any` can make the engine fire a rule twice for one fact: count it once.
-    ordered = sorted(dict.fromkeys(matched), key=lambda r: (-r.priority, r.order))
+    ordered = sorted(dict.fromkeys(matched), key=_rank)
     stage_winner: dict[str, tuple[Rule, Any]] = {}
     entries = []
     for rule in ordered:
