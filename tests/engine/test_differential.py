@@ -203,6 +203,7 @@ def test_compiled_conditions_agree_with_reference(tmp_path_factory, case):
     rules = "\n".join(textwrap.dedent(f"""\
       - id: r{i}
         description: generated
+        basis: generated
         stage: s
         priority: {i}
         when: {c}

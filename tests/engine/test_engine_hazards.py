@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -50,9 +51,12 @@ def decider(rs):
 
 def write_rules(directory: Path, rules: str, constants: str = "{}") -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    body = textwrap.indent(textwrap.dedent(rules), "  ")
+    # every rule that decides the bearer names a basis
+    body = re.sub(r"^(\s+)description: (.*)$", r"\1description: \2\n\1basis: test", body,
+                  flags=re.M)
     (directory / "rules.yaml").write_text(
-        f"ruleset: t\nversion: '1'\nstages: [s]\nconstants: {constants}\nrules:\n"
-        + textwrap.indent(textwrap.dedent(rules), "  "))
+        f"ruleset: t\nversion: '1'\nstages: [s]\nconstants: {constants}\nrules:\n" + body)
     return directory
 
 
