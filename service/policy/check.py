@@ -1,8 +1,12 @@
 """`deficiency check [DIR]`: every problem of a ruleset with file:line:column and a hint.
 
 Loading validates syntax, keys, types, enums, paths, expressions, constants and
-stage order; compiling for the engine checks its limits (ENGINE-NOTES). Exit 0
-when clean, 1 on errors; `--format json` for CI tools.
+stage order; compiling for the engine checks its limits (ENGINE-NOTES). Then the
+static analysis (`analysis.py`) looks for gaps (no rule decides the bearer),
+equal-priority conflicts (errors) and shadowed or unreachable rules (warnings),
+each gap and conflict with a concrete fact set confirmed by the reference
+evaluator. Exit 0 when there is no error (warnings allowed), 1 otherwise;
+`--format json` for CI tools.
 """
 
 from __future__ import annotations
@@ -15,26 +19,39 @@ from .loader import PolicyError, Problem, load_ruleset
 from .yamlsafe import Pos
 
 
-def check_ruleset(directory: str) -> tuple[list[Problem], dict]:
-    """All problems (errors and warnings) and a summary of the ruleset."""
+def check_ruleset(directory: str, *, analyse: bool = True,
+                  time_budget: float | None = None) -> tuple[list[Problem], dict, list]:
+    """All problems (errors and warnings), a summary of the ruleset and the analysis
+    findings (`analysis.Finding`, each also listed among the problems)."""
     from ..engine.runtime import DurableMatcher, EngineError
 
     try:
         rs = load_ruleset(directory)
     except PolicyError as exc:
-        return exc.problems, {}
-    summary = {"name": rs.name, "version": rs.version, "sha256": rs.sha256,
-               "stages": list(rs.stages), "rules": len(rs.rules)}
+        return exc.problems, {}, []
+    summary: dict = {"name": rs.name, "version": rs.version, "sha256": rs.sha256,
+                     "stages": list(rs.stages), "rules": len(rs.rules)}
     try:
         DurableMatcher(rs).close()
     except EngineError as exc:
-        return [Problem(Pos(directory, 0, 0), f"engine limit: {exc}")], summary
-    return [], summary
+        return [Problem(Pos(directory, 0, 0), f"engine limit: {exc}")], summary, []
+    if not analyse:
+        return [], summary, []
+    from . import analysis
+
+    kwargs = {} if time_budget is None else {"time_budget": time_budget}
+    findings, stats = analysis.analyse(rs, **kwargs)
+    summary["analysis"] = stats
+    problems = [Problem(f.pos or Pos(rs.directory, 0, 0), f.message, severity=f.severity)
+                for f in findings]
+    return problems, summary, findings
 
 
-def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout) -> int:
-    problems, summary = check_ruleset(directory)
+def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout, *,
+              time_budget: float | None = None) -> int:
+    problems, summary, findings = check_ruleset(directory, time_budget=time_budget)
     errors = [p for p in problems if p.severity == "error"]
+    warnings = [p for p in problems if p.severity == "warning"]
     if fmt == "json":
         out.write(json.dumps({
             "ok": not errors,
@@ -42,13 +59,33 @@ def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout) -> in
             "problems": [{"file": p.pos.file, "line": p.pos.line, "column": p.pos.column,
                           "severity": p.severity, "message": p.message, "hint": p.hint}
                          for p in problems],
-        }, indent=2) + "\n")
+            "findings": [f.to_json() for f in findings],
+        }, indent=2, ensure_ascii=False) + "\n")
+        return 1 if errors else 0
+    if findings:
+        for f in findings:
+            where = f"{f.pos}" if f.pos else f"{summary.get('name', directory)}"
+            out.write(f"{where}: {f.severity}: {f.message}\n")
+            for line in f.details:
+                out.write(f"    {line}\n")
+            if f.example is not None:
+                label = ("facts decided 'no rule decided' by the reference evaluator"
+                         if f.kind == "gap" else "facts that show it")
+                out.write(f"    example {label}:\n")
+                out.write(f"      {json.dumps(f.example, ensure_ascii=False)}\n")
     else:
         for p in problems:
             out.write(f"{p}\n")
-        if summary and not errors:
-            out.write(f"ok: {summary['name']} {summary['version']}: {summary['rules']} rules in "
-                      f"stages {', '.join(summary['stages'])}; sha256 {summary['sha256'][:16]}…\n")
-        elif errors:
-            out.write(f"{len(errors)} error(s)\n")
+    if summary and not errors:
+        stats = summary.get("analysis")
+        analysed = (f"; analysed in {stats['seconds']:.2f} s" if stats else "")
+        verdict = ("no gaps or conflicts found, but the analysis is incomplete"
+                   if any(f.kind == "incomplete" for f in findings) else "no gaps, no conflicts")
+        note = f"; {len(warnings)} warning(s)" if warnings else ""
+        out.write(f"ok: {summary['name']} {summary['version']}: {summary['rules']} rules in "
+                  f"stages {', '.join(summary['stages'])}; {verdict}{note}"
+                  f"{analysed}; sha256 {summary['sha256'][:16]}…\n")
+    elif errors:
+        out.write(f"{len(errors)} error(s)" + (f", {len(warnings)} warning(s)" if warnings
+                                               else "") + "\n")
     return 1 if errors else 0
