@@ -13,9 +13,11 @@ keep-alive socket each, requests pre-encoded so the client stays cheap):
 - `floor`:       POST /v1/_floor with the same body: the same server, routing,
                  body read and JSON answer, but no decision and no audit write.
 
-It prints decisions/s, p50/p99 latency and each decision scenario's ratio to
-the floor. Targets on a 2-core machine: >= 1000 decisions/s on SQLite, p99 < 25
-ms, ratio >= 0.5. The client shares the machine's cores with the server.
+It prints decisions/s, p50/p99 latency, each decision scenario's ratio to the
+floor, the server's CPU time per answer and how many cores other work on the
+machine kept busy meanwhile (a loaded machine lowers every figure: compare runs
+with similar `others`). Targets on a 2-core machine: >= 1000 decisions/s on SQLite, p99 < 25 ms,
+ratio >= 0.5. The client shares the machine's cores with the server.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(audit_url: str, workers: int, workdir: Path) -> Iterator[int]:
+def server(audit_url: str, workers: int, workdir: Path) -> Iterator[tuple[int, int]]:
     port = _free_port()
     config = workdir / f"config-{port}.yaml"
     config.write_text(
@@ -198,7 +200,7 @@ def server(audit_url: str, workers: int, workdir: Path) -> Iterator[int]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"server not ready after 60 s; see {log.name}")
             time.sleep(0.1)
-        yield port
+        yield port, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -225,18 +227,62 @@ def postgres_database(server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def load(port: int, path: str, args: argparse.Namespace) -> dict[str, Any]:
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by the processes of a process group: the
+    server's master, workers and audit commit process."""
+    total = 0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def load(server: tuple[int, int], path: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run the client in its own process, so its GIL is not the server's."""
+    import resource
+
+    port, pgid = server
     spec = json.dumps({"port": port, "path": path, "seconds": args.seconds,
                        "connections": args.connections, "warmup": args.warmup})
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_before = usage.ru_utime + usage.ru_stime
+    busy_before, cpu_before = machine_busy_seconds(), group_cpu_seconds(pgid)
+    started = time.monotonic()
     out = subprocess.run([PYTHON, __file__, "--client", spec], check=True,
                          capture_output=True, text=True, cwd=ROOT)
-    return dict(json.loads(out.stdout))
+    elapsed = time.monotonic() - started
+    cpu = group_cpu_seconds(pgid) - cpu_before
+    busy = machine_busy_seconds() - busy_before
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = usage.ru_utime + usage.ru_stime - client_before
+    result = dict(json.loads(out.stdout))
+    answered = result["ok"] * (args.seconds + args.warmup) / args.seconds
+    # Server CPU per answer, warm-up included (approximately: same rate assumed).
+    result["server_cpu_ms"] = cpu / answered * 1000 if answered else float("nan")
+    # Cores kept busy by anything but this benchmark (other work on the machine).
+    result["other_cores"] = max(0.0, busy - cpu - client) / elapsed
+    return result
 
 
-def server_means(port: int) -> dict[str, float]:
+def server_means(server: tuple[int, int]) -> dict[str, float]:
     """Mean time per decision spent deciding and waiting for the audit commit, from
     the server's own histograms (all workers)."""
+    port = server[0]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
     values: dict[str, float] = {}
@@ -275,23 +321,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="deficiency-bench-") as tmp:
         work = Path(tmp)
         if "sqlite" in wanted or "floor" in wanted:
-            with server(f"sqlite:///{work / 'audit.db'}", args.workers, work) as port:
+            with server(f"sqlite:///{work / 'audit.db'}", args.workers, work) as running:
                 if "floor" in wanted:
-                    results["floor"] = load(port, "/v1/_floor", args)
+                    results["floor"] = load(running, "/v1/_floor", args)
                 if "sqlite" in wanted:
-                    results["sqlite"] = load(port, "/v1/decisions", args)
-                    results["sqlite"].update(server_means(port))
+                    results["sqlite"] = load(running, "/v1/decisions", args)
+                    results["sqlite"].update(server_means(running))
         if "postgresql" in wanted:
             with postgres_database(args.pg_url) as url, \
-                    server(url, args.workers, work) as port:
-                results["postgresql"] = load(port, "/v1/decisions", args)
-                results["postgresql"].update(server_means(port))
+                    server(url, args.workers, work) as running:
+                results["postgresql"] = load(running, "/v1/decisions", args)
+                results["postgresql"].update(server_means(running))
 
     print(f"{args.workers} workers, {args.connections} keep-alive connections, "
           f"{args.seconds:g} s per scenario (after {args.warmup:g} s warm-up), "
           f"{os.cpu_count()} CPUs")
     print(f"{'scenario':<12} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8} {'errors':>7} {'vs floor':>9} {'decide ms':>10} {'audit ms':>9}")
+          f"{'max ms':>8} {'errors':>7} {'vs floor':>9} {'cpu ms':>7} {'others':>7} "
+          f"{'decide ms':>10} {'audit ms':>9}")
     floor = results.get("floor", {}).get("rate")
     for name in ("sqlite", "postgresql", "floor"):
         r = results.get(name)
@@ -301,8 +348,10 @@ def main() -> int:
         server_side = (f" {r['decide_ms']:>10.2f} {r['audit_ms']:>9.2f}" if "decide_ms" in r
                        else "")
         print(f"{name:<12} {r['rate']:>9.0f} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
-              f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {ratio:>9}"
-              + server_side)
+              f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {ratio:>9} "
+              f"{r['server_cpu_ms']:>7.2f} {r['other_cores']:>7.2f}" + server_side)
+    print("cpu ms: server CPU (master, workers, audit commit process) per answer; "
+          "others: cores busy with other work on the machine meanwhile")
     return 0
 
 

@@ -25,8 +25,9 @@ from . import problems
 from .access_log import AccessLog
 from .audit_link import AuditLink
 from .auth import Keyring, Principal, require_scope
+from .generation import Generation, LocalGeneration
 from .metrics import Metrics
-from .rulesets import ActiveRuleset, Generation
+from .rulesets import ActiveRuleset
 
 EXTENSION = "deficiency"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -76,10 +77,16 @@ def create_app(
     access_log_stream: TextIO | None = None,
     audit_opener: Callable[[str], AuditStore] = open_store,
     fallback_ruleset: Ruleset | None = None,
+    watch_interval: float | None = None,
 ) -> Flask:
-    """Build the app. Raises PolicyError when the rules directory is invalid (unless a
-    `fallback_ruleset` is given) and ValueError for an unusable audit URL; an
-    unreachable store is retried later."""
+    """Build the app. Raises PolicyError when the rules directory is rejected (any error
+    `deficiency check` reports) and `generation` holds no ruleset accepted before, and
+    ValueError for an unusable audit URL; an unreachable store is retried later.
+
+    `watch_interval`: seconds between looks at the rules directory for changes (0: do
+    not watch); by default the generation's (the workers of `deficiency serve` watch,
+    an app built on its own does not). `fallback_ruleset` only serves ActiveRuleset's
+    custom loaders."""
     from .decisions import bp as decisions_bp
     from .ops import bp as ops_bp
     from .ruleset import bp as ruleset_bp
@@ -92,7 +99,11 @@ def create_app(
     app.url_map.converters["ulid"] = UlidConverter
     app.url_map.strict_slashes = True
 
-    rulesets = ActiveRuleset(config.rules.dir, generation, fallback=fallback_ruleset)
+    generation = generation or LocalGeneration()
+    metrics = Metrics()
+    rulesets = ActiveRuleset(
+        config.rules.dir, generation, fallback=fallback_ruleset, observer=metrics,
+        watch_interval=generation.watch_interval if watch_interval is None else watch_interval)
     try:
         audit = AuditLink(config.audit.url, opener=audit_opener)
     except BaseException:
@@ -103,7 +114,7 @@ def create_app(
         rulesets=rulesets,
         audit=audit,
         keyring=Keyring(config.auth.keys),
-        metrics=Metrics(),
+        metrics=metrics,
         access_log=AccessLog(access_log_stream) if config.server.access_log else None,
     )
     app.extensions[EXTENSION] = svc

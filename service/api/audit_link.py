@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..audit import AuditStore, GroupCommitter, NewRecord, StoreUnavailable, open_store
+from ..audit.commit_process import CommitAnswerLost, CommitClient, CommitProcessUnreachable
+from ..audit.store import DuplicateDecisionId, DuplicateIdempotencyKey, PreparedRecord, prepare
 
 log = logging.getLogger("deficiency.api")
 
@@ -37,6 +39,8 @@ class AuditLink:
         self._last_attempt = -float("inf")
         self._last_error = "audit store not opened yet"
         self._closed = False
+        self._remote: CommitClient | None = None
+        self._remote_retry_at = 0.0
         try:
             self._open()
         except StoreUnavailable as exc:
@@ -74,17 +78,74 @@ class AuditLink:
     def backend(self) -> str | None:
         return self._store.backend if self._store is not None else None
 
+    def use_commit_process(self, client: CommitClient) -> None:
+        """Commit through the server's commit process (see `service.audit.commit_process`)
+        from now on; while it cannot be reached, commit through this link's own store."""
+        self._remote = client
+
     def submit(self, record: NewRecord) -> None:
         """Commit one record (grouped with concurrent ones); raises StoreUnavailable,
         DuplicateIdempotencyKey, DuplicateDecisionId."""
+        error = self._commit([prepare(record)])[0]  # a bad record fails here (ValueError)
+        if error is not None:
+            raise error
+
+    def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | None]:
+        """Commit records in one transaction (grouped with concurrent submissions); one
+        entry per record (None: committed). Raises StoreUnavailable."""
+        return self._commit([prepare(record) for record in records])
+
+    def _commit(self, records: list[PreparedRecord]) -> list[Exception | None]:
+        try:
+            outcomes = self._commit_remotely(records)
+        except CommitAnswerLost as exc:
+            # Sent, but the answer never came: commit here. A record the commit process
+            # did commit is refused as a duplicate of itself — then it is in the log,
+            # exactly once either way (the decision id is unique).
+            log.warning("%s; committing in this worker instead", exc)
+            outcomes = [self._already_committed(record, error) for record, error
+                        in zip(records, self._commit_locally(records), strict=True)]
+        if outcomes is None:
+            outcomes = self._commit_locally(records)
+        # The writer failing unexpectedly is, to the caller, the store being unavailable.
+        return [StoreUnavailable(f"audit store unavailable: {e}") if isinstance(e, RuntimeError)
+                else e for e in outcomes]
+
+    def _commit_locally(self, records: list[PreparedRecord]) -> list[Exception | None]:
         committer = self._open()[1]
         try:
-            committer.submit(record)
-        except RuntimeError as exc:  # committer closed (shutting down) or its writer failed
+            return committer.commit_prepared(records)
+        except RuntimeError as exc:  # committer closed (shutting down)
             raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
 
+    @staticmethod
+    def _already_committed(record: PreparedRecord,
+                           error: Exception | None) -> Exception | None:
+        if isinstance(error, DuplicateDecisionId | DuplicateIdempotencyKey) \
+                and error.decision_id == record.decision_id:
+            return None
+        return error
+
+    def _commit_remotely(self, records: list[PreparedRecord]) -> list[Exception | None] | None:
+        """The commit process's verdicts, or None when it cannot be reached (then commit
+        locally; it is tried again a second later)."""
+        remote = self._remote
+        if remote is None or self._closed:
+            return None
+        now = time.monotonic()
+        if now < self._remote_retry_at:
+            return None
+        try:
+            return remote.submit_many(records)
+        except CommitProcessUnreachable as exc:
+            if self._remote_retry_at == 0.0:
+                log.warning("audit commit process unreachable (%s); committing in this "
+                            "worker until it is back", exc)
+            self._remote_retry_at = now + self._retry_interval
+            return None
+
     def append_each(self, records: Sequence[NewRecord]) -> list[Exception | None]:
-        """Commit records in one transaction; one entry per record (None: committed)."""
+        """Commit records in one transaction of their own; one entry per record."""
         return self.store().append_each(records)
 
     def unavailable_reason(self) -> str | None:
@@ -102,6 +163,8 @@ class AuditLink:
             self._closed = True
             committer, store = self._committer, self._store
             self._committer = self._store = None
+        if self._remote is not None:
+            self._remote.close()
         if committer is not None:
             committer.close()
         if store is not None:

@@ -84,6 +84,15 @@ def _check_startup(config: Config) -> Ruleset:
         normalise_url(config.audit.url)
     except ValueError as exc:
         raise CliError(f"configuration: audit.url: {exc}") from None
+    from ..policy.check import check_ruleset
+
+    # The workers accept only a ruleset that passes the full check (errors, engine
+    # limits, gaps, conflicts); say what fails here, once, in one line.
+    problems, _summary, _findings = check_ruleset(str(config.rules.dir))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise CliError(f"invalid ruleset in {config.rules.dir}: {errors[0]}{more}")
     try:
         return load_ruleset(config.rules.dir)
     except PolicyError as exc:

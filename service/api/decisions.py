@@ -264,7 +264,7 @@ def post_batch() -> Response:
                 decided.append((index, decision, _record(decision, facts)))
         started = time.perf_counter()
         try:
-            outcomes = svc.audit.append_each([r for _, _, r in decided])
+            outcomes = svc.audit.submit_many([r for _, _, r in decided])
         except StoreUnavailable:
             raise problems.store_unavailable() from None
         if any(isinstance(e, StoreUnavailable) for e in outcomes):

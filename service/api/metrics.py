@@ -15,9 +15,12 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
+
+from .generation import REJECTED, Verdict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -48,7 +51,23 @@ class Metrics:
             "deficiency_http_request_duration_seconds", "HTTP request duration, by route.",
             ["route"], buckets=_FAST_BUCKETS, registry=r)
         self.reloads = Counter(
-            "deficiency_ruleset_reloads", "Ruleset reloads, by result.", ["result"], registry=r)
+            "deficiency_ruleset_reload",
+            "Examinations of the rules directory, by result (accepted, unchanged, rejected) "
+            "and trigger (api, watcher, boot).", ["result", "trigger"], registry=r)
+        # Per worker (a `pid` label under `deficiency serve`): 1 for the ruleset it decides
+        # with, 0 for the ones it used before. All workers on one version = converged.
+        self.ruleset_info = Gauge(
+            "deficiency_ruleset_info", "The ruleset this worker decides with (1).",
+            ["name", "version", "sha256"], multiprocess_mode="liveall", registry=r)
+        self.reload_failed = Gauge(
+            "deficiency_ruleset_reload_failed",
+            "1 while the last content of the rules directory examined was rejected: the "
+            "files are not the active ruleset (see /readyz for the problems).",
+            multiprocess_mode="livemax", registry=r)
+        self.reload_timestamp = Gauge(
+            "deficiency_ruleset_last_reload_timestamp_seconds",
+            "When the rules directory was last examined (Unix time).",
+            multiprocess_mode="livemax", registry=r)
         # Labelled children, looked up once: labels() costs a lock and a tuple each time.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -61,6 +80,21 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    # ReloadObserver (rulesets.py)
+    def ruleset_examined(self, result: str, trigger: str) -> None:
+        self.reloads.labels(result, trigger).inc()
+
+    def ruleset_active(self, previous: dict[str, str] | None, current: dict[str, str]) -> None:
+        if previous is not None:
+            self.ruleset_info.labels(previous["name"], previous["version"],
+                                     previous["sha256"]).set(0)
+        self.ruleset_info.labels(current["name"], current["version"], current["sha256"]).set(1)
+
+    def ruleset_status(self, last: Verdict | None) -> None:
+        self.reload_failed.set(1 if last is not None and last.result == REJECTED else 0)
+        if last is not None:
+            self.reload_timestamp.set(last.at)
 
     def render(self) -> tuple[bytes, str]:
         directory = os.environ.get(MULTIPROC_ENV)

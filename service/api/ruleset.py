@@ -6,10 +6,10 @@ import logging
 
 from flask import Blueprint, Response
 
-from ..policy.loader import PolicyError
 from .app import authorize, service
 from .decisions import json_response
 from .problems import Problem
+from .rulesets import RulesetRejected, problem_doc
 
 bp = Blueprint("ruleset", __name__)
 log = logging.getLogger("deficiency.api")
@@ -35,26 +35,28 @@ def get_ruleset() -> Response:
 
 @bp.post("/v1/ruleset/reload")
 def reload_ruleset() -> Response:
+    """Check the rules directory and switch to it; 422 with every problem otherwise.
+    The other workers follow (rulesets.py); the result is counted in /metrics."""
     principal = authorize("admin")
     svc = service()
     try:
         result = svc.rulesets.reload()
-    except PolicyError as exc:
-        svc.metrics.reloads.labels("invalid").inc()
+    except RulesetRejected as exc:
         active = svc.rulesets.info
+        errors = [p for p in exc.problems if p.severity == "error"]
         raise Problem(
             422, "Invalid ruleset",
-            f"The rules directory does not hold a valid ruleset ({len(exc.problems)} "
-            f"problem{'s' if len(exc.problems) != 1 else ''}); ruleset {active['name']} "
+            f"The rules directory does not hold a valid ruleset ({len(errors)} "
+            f"error{'s' if len(errors) != 1 else ''}); ruleset {active['name']} "
             f"{active['version']} stays active.",
             type_="invalid-ruleset",
             errors=[{"path": str(p.pos),
                      "message": p.message + (f" (hint: {p.hint})" if p.hint else "")
                      + ("" if p.severity == "error" else f" [{p.severity}]")}
                     for p in exc.problems],
-            extra={"active": active},
+            extra={"active": active, "rejected_sha256": exc.verdict.sha256,
+                   "problems": [problem_doc(p) for p in exc.problems]},
         ) from None
-    svc.metrics.reloads.labels("changed" if result.changed else "unchanged").inc()
     log.info("ruleset reload by %s: %s %s -> %s %s", principal.name,
              result.previous["version"], result.previous["sha256"][:12],
              result.current["version"], result.current["sha256"][:12])

@@ -9,6 +9,11 @@
 - A ruleset reload in one worker is followed by the others through a generation
   number in shared memory, created here before the workers are forked.
 - Prometheus metrics are aggregated over the workers (multiprocess mode).
+- One more process, started by the master before the workers, commits the audit
+  records of every worker (`service.audit.commit_process`): one transaction and
+  one fsync for whatever all of them have waiting, from a thread that competes
+  with no request thread for its interpreter. It is stopped after the workers;
+  a worker that cannot reach it commits through its own store.
 - Connections are spread over the workers: each worker can use one core (the
   engine holds the GIL), and keep-alive connections stay with the worker that
   accepted them, so a worker holding more than its share stops accepting
@@ -23,7 +28,9 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -214,6 +221,11 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         self._generation = SharedGeneration()
         workers = int(settings.get("workers", 1))
         self.connection_shares = ConnectionShares(max(4, 2 * workers))
+        self._commit_process: Any = None  # master only
+        self._commit_dir: str | None = None
+        # Read by the workers (set in the master before they are forked).
+        self.commit_socket: str | None = None
+        self.commit_url: str | None = None
         super().__init__()
 
     def load_config(self) -> None:
@@ -228,6 +240,37 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         self.cfg.set("control_socket_disable", True)
         self.cfg.set("worker_exit", _worker_exit)
         self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("on_starting", lambda _arbiter: self.start_commit_process())
+        self.cfg.set("on_exit", lambda _arbiter: self.stop_commit_process())
+
+    def start_commit_process(self) -> None:
+        """In the master, before the workers: start the audit commit process. Without it
+        (it failed to start) every worker commits for itself."""
+        from ..audit.commit_process import CommitProcess
+        from ..config import load_config
+
+        log = logging.getLogger("deficiency.api")
+        try:
+            url = load_config(self._config_path).audit.url
+            if sys.platform != "linux":  # no abstract socket namespace: a private directory
+                self._commit_dir = tempfile.mkdtemp(prefix="deficiency-audit-")
+            self._commit_process = CommitProcess(url, self._commit_dir, supervise=True)
+        except Exception as exc:
+            log.warning("audit commit process not started (%s); each worker commits "
+                        "for itself", exc)
+            self.stop_commit_process()
+            return
+        self.commit_socket, self.commit_url = self._commit_process.path, url
+
+    def stop_commit_process(self) -> None:
+        """In the master, after the workers have exited."""
+        process, self._commit_process = self._commit_process, None
+        self.commit_socket = self.commit_url = None
+        if process is not None:
+            process.stop()
+        if self._commit_dir is not None:
+            shutil.rmtree(self._commit_dir, ignore_errors=True)
+            self._commit_dir = None
 
     def load(self) -> Any:
         """Runs in each worker after the fork."""
@@ -236,8 +279,15 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         from ..config import load_config
         from .app import create_app
 
-        return create_app(load_config(self._config_path), generation=self._generation,
-                          fallback_ruleset=self._startup_ruleset)
+        app = create_app(load_config(self._config_path), generation=self._generation,
+                         fallback_ruleset=self._startup_ruleset)
+        svc = app.extensions.get("deficiency")
+        if self.commit_socket is not None and svc is not None \
+                and svc.config.audit.url == self.commit_url:
+            from ..audit.commit_process import CommitClient
+
+            svc.audit.use_commit_process(CommitClient(self.commit_socket))
+        return app
 
 
 def gunicorn_settings(*, bind: str, workers: int, threads: int, timeout: int,

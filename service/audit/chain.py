@@ -8,11 +8,13 @@ Pure functions over plain data, so anyone holding an exported record (the dict
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 GENESIS_HASH = "0" * 64
 
@@ -34,10 +36,85 @@ CONTENT_FIELDS = (
 )
 
 
+# orjson, keys sorted (by code point), no whitespace, non-ASCII as UTF-8, floats in
+# their shortest round-tripping form. datetimes and dataclasses are refused like any
+# other non-JSON value (orjson would otherwise spell them itself).
+_OPTIONS = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+            | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+#: Already-canonical JSON bytes to embed as they are (see `canonical_bytes`).
+Fragment = orjson.Fragment
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The one canonical encoding every hash is computed over, as UTF-8 bytes.
+
+    Sorted keys, no whitespace, non-ASCII kept as is (UTF-8), floats in their
+    shortest round-tripping spelling. Refused: NaN and infinities (ValueError);
+    anything else that is not plain JSON data — sets, datetimes, non-string keys,
+    lone surrogates (TypeError). A `Fragment` is copied in unchecked: it must hold
+    the canonical bytes of a value already.
+    """
+    try:
+        encoded = orjson.dumps(value, option=_OPTIONS)  # first: it bounds the depth too
+    except TypeError:
+        # orjson stops at integers beyond 64 bits: spell those as Python does, retry.
+        encoded = orjson.dumps(_big_ints_spelled(value), option=_OPTIONS)
+    # orjson writes NaN and infinities as null: no null, nothing to look for.
+    if b"null" in encoded and _non_finite(value):
+        raise ValueError("NaN and infinities are not JSON")
+    return encoded
+
+
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, non-ASCII kept as is; NaN and infinities refused."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
+    """`canonical_bytes` as text."""
+    return canonical_bytes(value).decode("utf-8")
+
+
+def _big_ints_spelled(value: Any) -> Any:
+    """`value` with every integer outside 64 bits replaced by a `Fragment` of its digits."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return Fragment(b"%d" % value) if not -(2**63) <= value < 2**64 else value
+    if isinstance(value, dict):
+        return {key: _big_ints_spelled(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_ints_spelled(item) for item in value]
+    return value
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether a NaN or an infinity is anywhere in `value` (orjson would write null).
+
+    Hot: every record's facts, decision and trace pass through here, so the common
+    leaves are skipped inline rather than with a call each."""
+    kind = type(value)
+    if kind is dict:
+        items: Any = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    elif isinstance(value, float):
+        return not _isfinite(value)
+    elif isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        return False
+    for item in items:
+        item_kind = type(item)
+        if item_kind is str or item_kind is bool or item_kind is int or item is None:
+            continue
+        if item_kind is float:
+            if not _isfinite(item):
+                return True
+        elif _non_finite(item):
+            return True
+    return False
+
+
+_isfinite = math.isfinite
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -57,7 +134,18 @@ def record_hash(record: Mapping[str, Any], *, seq: int | None = None,
     document = {name: record[name] for name in CONTENT_FIELDS}
     document["seq"] = record["seq"] if seq is None else seq
     document["prev_hash"] = record["prev_hash"] if prev_hash is None else prev_hash
-    return hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_bytes(document)).hexdigest()
+
+
+def content_hash(content: Mapping[str, Any], seq: int, prev_hash: str) -> str:
+    """`record_hash` for the writer: `content` holds the content fields already checked
+    (facts, decision and trace as `Fragment`s of their canonical bytes), so it is only
+    assembled and hashed, not walked again. The bytes hashed are the ones
+    `record_hash` computes from the decoded record."""
+    document = dict(content)
+    document["seq"] = seq
+    document["prev_hash"] = prev_hash
+    return hashlib.sha256(orjson.dumps(document, option=_OPTIONS)).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,7 +182,11 @@ class ChainWalk:
             return ChainBreak(seq, decision_id,
                               "prev_hash does not match the previous record's hash"
                               " (record reordered, or a record before it deleted or altered)")
-        if record_hash(record) != record["hash"]:
+        try:
+            recomputed = record_hash(record)
+        except (TypeError, ValueError):  # e.g. a NaN written in: not what was appended
+            recomputed = None
+        if recomputed != record["hash"]:
             return ChainBreak(seq, decision_id, "hash mismatch (content altered)")
         self.last_seq, self.last_hash = seq, record["hash"]
         return None

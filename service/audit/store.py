@@ -2,8 +2,11 @@
 
 One interface over SQLite (the default, a file) and PostgreSQL (by URL):
 `open_store(url)` migrates the schema and returns an `AuditStore`. Appends take
-turns on the chain head (BEGIN IMMEDIATE on SQLite, a row lock on PostgreSQL),
-so the chain stays a single line however many processes write to it.
+turns on the chain head (a lock file and BEGIN IMMEDIATE on SQLite, a row lock on
+PostgreSQL; see `writer.py`), so the chain stays a single line however many
+processes write to it. Each record is encoded once (`prepare`): the canonical
+JSON of its facts, decision and trace is both what is stored and what its hash
+covers.
 
 Reads return plain JSON-ready dicts: the record's fields as appended, with
 `recorded_at` as an ISO 8601 UTC string, plus `seq`, `prev_hash` and `hash`.
@@ -19,7 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,13 +31,23 @@ from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
 from service.audit import schema
-from service.audit.chain import CONTENT_FIELDS, ChainWalk, canonical_json, format_timestamp
-from service.audit.chain import record_hash as compute_hash
-from service.audit.engine import create_audit_engine, write_options
+from service.audit.chain import (
+    CONTENT_FIELDS,
+    ChainWalk,
+    Fragment,
+    canonical_bytes,
+    content_hash,
+    format_timestamp,
+)
+from service.audit.engine import create_audit_engine
 from service.audit.migrate import upgrade
+from service.audit.writer import Writer, WriterUnavailable
 
 MAX_QUERY_LIMIT = 1000
 GROUP_COMMIT_MAX_BATCH = 256
+# Rows per INSERT statement: 64 rows of 15 parameters stay below the smallest limit on
+# parameters per statement (999, SQLite before 3.32).
+_ROWS_PER_INSERT = 64
 
 _records = schema.records
 _head = schema.chain_head
@@ -114,32 +127,88 @@ class VerifyResult:
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A validated record: its hashed content in JSON-ready form."""
+class PreparedRecord:
+    """A validated record, encoded once: its facts, decision and trace as canonical JSON
+    bytes, from which both the hashed content (as fragments) and the column values
+    are made when it is written. `parts` is the plain tuple it is made of, for
+    handing it to another process (`from_parts`)."""
 
-    content: dict[str, Any]
-    recorded_at: datetime
+    __slots__ = ("_content", "_row", "decision_id", "idempotency_key", "parts", "sqlite_time")
+
+    def __init__(self, parts: tuple[Any, ...]) -> None:
+        self.parts = parts
+        self.decision_id: str = parts[0]
+        # SQLite keeps naive UTC text, spelled as SQLAlchemy spells it (so reads and
+        # range queries through SQLAlchemy see the same values).
+        self.sqlite_time: str = parts[1]
+        self.idempotency_key: str | None = parts[10]
+        self._content: dict[str, Any] | None = None
+        self._row: tuple[Any, ...] | None = None
+
+    @classmethod
+    def from_parts(cls, parts: tuple[Any, ...]) -> PreparedRecord:
+        if not isinstance(parts, tuple) or len(parts) != 12:
+            raise ValueError("not the parts of a prepared record")
+        return cls(parts)
 
     @property
-    def decision_id(self) -> str:
-        return self.content["decision_id"]
+    def recorded_at(self) -> datetime:
+        return datetime.fromisoformat(self.sqlite_time).replace(tzinfo=UTC)
 
     @property
-    def idempotency_key(self) -> str | None:
-        return self.content["idempotency_key"]
+    def content(self) -> dict[str, Any]:
+        """The fields the record's hash covers (facts, decision, trace as fragments)."""
+        if self._content is None:
+            (decision_id, sqlite_time, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
+             facts, decision, trace, duration_ms, idempotency_key, request_hash) = self.parts
+            self._content = {
+                "decision_id": decision_id,
+                "recorded_at": f"{sqlite_time[:10]}T{sqlite_time[11:]}Z",  # format_timestamp
+                "loan_id": loan_id,
+                "ruleset_name": ruleset_name,
+                "ruleset_version": ruleset_version,
+                "ruleset_sha256": ruleset_sha256,
+                "facts": Fragment(facts),
+                "decision": Fragment(decision),
+                "trace": Fragment(trace),
+                "duration_ms": duration_ms,
+                "idempotency_key": idempotency_key,
+                "request_hash": request_hash,
+            }
+        return self._content
+
+    @property
+    def row(self) -> tuple[Any, ...]:
+        """Column values after seq and recorded_at, up to (not including) prev_hash."""
+        if self._row is None:
+            (decision_id, _, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
+             facts, decision, trace, duration_ms, idempotency_key, request_hash) = self.parts
+            self._row = (decision_id, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
+                         facts.decode("utf-8"), decision.decode("utf-8"),
+                         trace.decode("utf-8"), duration_ms, idempotency_key, request_hash)
+        return self._row
 
 
-def _prepare(record: NewRecord) -> _Prepared:
+def prepare(record: NewRecord) -> PreparedRecord:
+    """Validate and encode a record for appending (ValueError if it is not JSON-ready)."""
     if not isinstance(record, NewRecord):
         raise TypeError(f"expected a NewRecord, got {type(record).__name__}")
-    content = {name: getattr(record, name) for name in CONTENT_FIELDS}
-    content["recorded_at"] = format_timestamp(record.recorded_at)
     try:
-        canonical_json(content)  # refuse what cannot be hashed before taking any lock
+        facts = canonical_bytes(record.facts)
+        decision = canonical_bytes(record.decision)
+        trace = canonical_bytes(record.trace)
+        # The scalars must encode too (a lone surrogate would not), before any lock.
+        canonical_bytes([record.decision_id, record.loan_id, record.ruleset_name,
+                         record.ruleset_version, record.ruleset_sha256,
+                         record.idempotency_key, record.request_hash])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"record {record.decision_id} is not JSON-ready: {exc}") from exc
-    return _Prepared(content, record.recorded_at)
+    # recorded_at is UTC already (NewRecord normalises it).
+    return PreparedRecord((
+        record.decision_id, record.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        record.loan_id, record.ruleset_name, record.ruleset_version, record.ruleset_sha256,
+        facts, decision, trace, record.duration_ms, record.idempotency_key,
+        record.request_hash))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -211,8 +280,11 @@ def _decode_raw(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
 class AuditStore:
     """Append-only, hash-chained decision log. Thread-safe; one per process."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, busy_timeout: float = 10.0) -> None:
         self._engine = engine
+        self._writer = Writer(engine, timeout=busy_timeout)
+        self._sql = self._writer.statements
+        self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         self._counter_lock = threading.Lock()
         self._transactions = 0
 
@@ -241,7 +313,7 @@ class AuditStore:
         id is already in the log (nothing is appended), ValueError for a batch that
         repeats a key or id, StoreUnavailable for operational failures.
         """
-        prepared = [_prepare(record) for record in records]
+        prepared = [prepare(record) for record in records]
         if not prepared:
             return
         keys = [p.idempotency_key for p in prepared if p.idempotency_key is not None]
@@ -258,25 +330,25 @@ class AuditStore:
         call). An operational failure keeps all of them out: each gets its own
         StoreUnavailable. This is what GroupCommitter commits a group with.
         """
-        return self._commit_each([_prepare(record) for record in records])
+        return self._commit_each([prepare(record) for record in records])
 
-    def _commit_each(self, prepared: list[_Prepared]) -> list[Exception | None]:
+    def _commit_each(self, prepared: list[PreparedRecord]) -> list[Exception | None]:
         if not prepared:
             return []
         try:
             return self._commit(prepared, all_or_nothing=False)
         except StoreUnavailable as exc:
             return [self._unavailable_copy(exc) for _ in prepared]
-        except sa.exc.IntegrityError:
-            # The pre-check under the chain lock should make this impossible; if a
+        except self._integrity_error:
+            # The check under the chain lock should make this impossible; if a
             # constraint fires anyway, isolate the offender instead of failing all.
             return [self._commit_one(p) for p in prepared]
 
-    def _commit_one(self, prepared: _Prepared) -> Exception | None:
+    def _commit_one(self, prepared: PreparedRecord) -> Exception | None:
         try:
             self._commit([prepared], all_or_nothing=True)
         except (StoreUnavailable, DuplicateIdempotencyKey, DuplicateDecisionId,
-                sa.exc.IntegrityError) as exc:
+                self._integrity_error) as exc:
             return exc
         return None
 
@@ -288,62 +360,89 @@ class AuditStore:
         copy.__cause__ = exc.__cause__
         return copy
 
-    def _commit(self, prepared: list[_Prepared], *,
+    def _commit(self, prepared: list[PreparedRecord], *,
                 all_or_nothing: bool) -> list[Exception | None]:
         """One transaction. all_or_nothing: raise the first duplicate, write nothing;
-        otherwise write the rest and return the per-record errors."""
-        rows: list[dict[str, Any]] = []
-        with _operational_errors(), self._engine.connect() as connection:
-            connection.execution_options(**write_options(self._engine))
-            with connection.begin():
-                # The chain head row is the turnstile: holding it (FOR UPDATE on
-                # PostgreSQL; BEGIN IMMEDIATE already serialises SQLite) means no
-                # one else can read the same last hash or write the same seq.
-                seq, prev_hash = connection.execute(
-                    sa.select(_head.c.seq, _head.c.hash)
-                    .where(_head.c.id == schema.HEAD_ID)
-                    .with_for_update()
-                ).one()
-                errors = self._conflicts(connection, prepared)
-                if all_or_nothing:
-                    for error in errors:
-                        if error is not None:
-                            raise error  # rolls back: nothing written
-                for item, error in zip(prepared, errors, strict=True):
-                    if error is not None:
-                        continue
-                    seq += 1
-                    row = {**item.content, "seq": seq, "prev_hash": prev_hash}
-                    prev_hash = row["hash"] = compute_hash(row)
-                    row["recorded_at"] = item.recorded_at
-                    rows.append(row)
-                if rows:
-                    connection.execute(sa.insert(_records), rows)
-                    connection.execute(
-                        sa.update(_head)
-                        .where(_head.c.id == schema.HEAD_ID)
-                        .values(seq=seq, hash=prev_hash)
-                    )
-        if rows:
+        otherwise write the rest and return the per-record errors.
+
+        Duplicates are looked up first only when a record carries an idempotency
+        key (a retried request may well repeat one); fresh decision ids are left to
+        the unique index, and only if it objects is the transaction redone with the
+        lookup, to say which record was the duplicate.
+        """
+        check = any(p.idempotency_key is not None for p in prepared)
+        try:
+            errors = self._transaction(prepared, all_or_nothing, check)
+        except self._integrity_error:
+            if check:
+                raise
+            errors = self._transaction(prepared, all_or_nothing, True)
+        if any(error is None for error in errors):
             with self._counter_lock:
                 self._transactions += 1
         return errors
 
-    @staticmethod
-    def _conflicts(connection: sa.Connection,
-                   prepared: list[_Prepared]) -> list[Exception | None]:
+    def _transaction(self, prepared: list[PreparedRecord], all_or_nothing: bool,
+                     check: bool) -> list[Exception | None]:
+        sql = self._sql
+        sqlite = sql.sqlite
+
+        def write(connection: Any) -> list[Exception | None]:
+            cursor = connection.cursor()
+            try:
+                if sqlite:
+                    # IMMEDIATE takes SQLite's write lock now: nobody else can read the
+                    # same chain head (the writer's lock file makes this wait-free).
+                    cursor.execute("BEGIN IMMEDIATE")
+                # The chain head row is the turnstile (FOR UPDATE on PostgreSQL).
+                cursor.execute(sql.head)
+                head = cursor.fetchone()
+                if head is None:
+                    raise RuntimeError("audit chain head row is missing")
+                seq, prev_hash = head
+                errors: list[Exception | None]
+                if check:
+                    errors = self._conflicts(cursor, prepared)
+                    if all_or_nothing:
+                        for error in errors:
+                            if error is not None:
+                                raise error  # rolls back: nothing written
+                else:
+                    errors = [None] * len(prepared)
+                rows = []
+                for item, error in zip(prepared, errors, strict=True):
+                    if error is not None:
+                        continue
+                    seq += 1
+                    record_hash = content_hash(item.content, seq, prev_hash)
+                    rows.append((seq, item.sqlite_time if sqlite else item.recorded_at,
+                                 *item.row, prev_hash, record_hash))
+                    prev_hash = record_hash
+                if rows:
+                    for start in range(0, len(rows), _ROWS_PER_INSERT):
+                        chunk = rows[start:start + _ROWS_PER_INSERT]
+                        cursor.execute(sql.insert(len(chunk)),
+                                       [value for row in chunk for value in row])
+                    cursor.execute(sql.update_head, (seq, prev_hash))
+                return errors
+            finally:
+                cursor.close()
+
+        try:
+            return self._writer.run(write)
+        except WriterUnavailable as exc:
+            raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
+
+    def _conflicts(self, cursor: Any, prepared: list[PreparedRecord]) -> list[Exception | None]:
         """Per record: the duplicate it would create, or None. Runs under the chain
         lock, so nothing can slip in between this check and the insert."""
-        ids = {p.decision_id for p in prepared}
-        keys = {p.idempotency_key for p in prepared if p.idempotency_key is not None}
-        condition = _records.c.decision_id.in_(ids)
-        if keys:
-            condition = condition | _records.c.idempotency_key.in_(keys)
+        ids = list({p.decision_id: None for p in prepared})
+        keys = list({p.idempotency_key: None for p in prepared
+                     if p.idempotency_key is not None})
+        cursor.execute(self._sql.conflicts(len(ids), len(keys)), [*ids, *keys])
         taken_ids: set[str] = set()
         taken_keys: dict[str, str] = {}
-        for decision_id, key in connection.execute(
-            sa.select(_records.c.decision_id, _records.c.idempotency_key).where(condition)
-        ):
+        for decision_id, key in cursor.fetchall():
             taken_ids.add(decision_id)
             if key is not None:
                 taken_keys[key] = decision_id
@@ -520,6 +619,7 @@ class AuditStore:
         return True
 
     def close(self) -> None:
+        self._writer.close()
         self._engine.dispose()
 
 
@@ -543,23 +643,29 @@ def open_store(url: str, *, busy_timeout: float = 10.0) -> AuditStore:
     except BaseException:
         engine.dispose()
         raise
-    return AuditStore(engine)
+    return AuditStore(engine, busy_timeout=busy_timeout)
 
 
-@dataclass
 class _Pending:
-    prepared: _Prepared
-    done: threading.Event = field(default_factory=threading.Event)
-    error: Exception | None = None
+    """One submitter's records, committed in the same group (so one transaction)."""
+
+    __slots__ = ("done", "errors", "prepared")
+
+    def __init__(self, prepared: list[PreparedRecord]) -> None:
+        self.prepared = prepared
+        self.done = threading.Event()
+        self.errors: list[Exception | None] = []
 
 
 class GroupCommitter:
     """Lets many threads append with one transaction (one fsync) per group.
 
-    `submit` blocks until its record is committed, or raises what kept it out.
-    A single writer thread takes whatever has queued up (at most `max_batch`)
-    while the previous group was committing and commits it together, so the
-    busier the server, the larger the groups.
+    `submit` blocks until its record is committed, or raises what kept it out;
+    `submit_many` does the same for several records at once (all in the same
+    transaction). A single writer thread takes whatever has queued up (at most
+    `max_batch` records, but never part of one submission) while the previous
+    group was committing and commits it together, so the busier the server, the
+    larger the groups.
     """
 
     def __init__(self, store: AuditStore, *, max_batch: int = GROUP_COMMIT_MAX_BATCH) -> None:
@@ -568,7 +674,7 @@ class GroupCommitter:
         self._store = store
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
-        self._wakeup = threading.Condition()
+        self._wakeup = threading.Condition(threading.Lock())
         self._closed = False
         self.transactions = 0  # groups committed (or attempted)
         self.committed = 0  # records committed
@@ -577,15 +683,27 @@ class GroupCommitter:
         self._writer.start()
 
     def submit(self, record: NewRecord) -> None:
-        pending = _Pending(_prepare(record))  # bad records fail here, not in the group
+        error = self.commit_prepared([prepare(record)])[0]  # bad records fail here
+        if error is not None:
+            raise error
+
+    def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | None]:
+        """Commit `records` in one transaction (shared with other submitters); one
+        entry per record, as `AuditStore.append_each` returns them."""
+        return self.commit_prepared([prepare(record) for record in records])
+
+    def commit_prepared(self, records: list[PreparedRecord]) -> list[Exception | None]:
+        """`submit_many` for records `prepare` has made already."""
+        if not records:
+            return []
+        pending = _Pending(records)
         with self._wakeup:
             if self._closed:
                 raise RuntimeError("the audit group committer is closed")
             self._queue.append(pending)
             self._wakeup.notify()
         pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
+        return pending.errors
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer thread."""
@@ -600,6 +718,16 @@ class GroupCommitter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _take(self) -> list[_Pending]:
+        """The next group (called holding the condition, the queue not empty)."""
+        queue = self._queue
+        group = [queue.popleft()]
+        size = len(group[0].prepared)
+        while queue and size + len(queue[0].prepared) <= self._max_batch:
+            size += len(queue[0].prepared)
+            group.append(queue.popleft())
+        return group
+
     def _run(self) -> None:
         while True:
             with self._wakeup:
@@ -607,14 +735,17 @@ class GroupCommitter:
                     self._wakeup.wait()
                 if not self._queue:
                     return  # closed and drained
-                group = [self._queue.popleft()
-                         for _ in range(min(len(self._queue), self._max_batch))]
+                group = self._take()
+            records = [p for pending in group for p in pending.prepared]
             try:
-                errors = self._store._commit_each([p.prepared for p in group])
+                errors = self._store._commit_each(records)
             except Exception as exc:  # never leave a submitter waiting forever
-                errors = [RuntimeError(f"audit writer failed: {exc!r}") for _ in group]
+                errors = [RuntimeError(f"audit writer failed: {exc!r}") for _ in records]
             self.transactions += 1
             self.committed += sum(error is None for error in errors)
-            for pending, error in zip(group, errors, strict=True):
-                pending.error = error
+            start = 0
+            for pending in group:
+                end = start + len(pending.prepared)
+                pending.errors = errors[start:end]
+                start = end
                 pending.done.set()

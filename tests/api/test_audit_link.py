@@ -1,0 +1,129 @@
+"""The app's way to the audit log: through the server's commit process when there is
+one, through its own store when it cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from service.api.audit_link import AuditLink
+from service.audit import DuplicateIdempotencyKey, NewRecord, open_store
+from service.audit.commit_process import CommitClient, CommitProcess, _recv
+from service.audit.store import PreparedRecord
+from tests.audit.records import make_record
+
+
+def test_commits_go_through_the_commit_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    process = CommitProcess(url)
+    try:
+        with AuditLink(url) as link:
+            link.use_commit_process(CommitClient(process.path))
+            first = make_record(1, key="k")
+            link.submit(first)
+            with pytest.raises(DuplicateIdempotencyKey):
+                link.submit(make_record(2, key="k"))
+            assert link.submit_many([make_record(3), make_record(4)]) == [None, None]
+            assert link.store().count() == 3
+            assert link.store().transactions == 0  # none committed by the link itself
+            assert link.store().verify().ok
+    finally:
+        process.stop()
+
+
+def test_without_the_commit_process_the_link_commits_itself(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    with AuditLink(url) as link:
+        link.use_commit_process(CommitClient(str(tmp_path / "gone.sock")))
+        link.submit(make_record(1))
+        assert link.submit_many([make_record(2)]) == [None]
+        assert link.store().count() == 2
+        assert link.store().transactions == 2
+
+
+class MuteCommitProcess:
+    """Takes one request, maybe commits it, and closes the connection unanswered."""
+
+    def __init__(self, path: str, commit_into: str | None) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.commit_into = commit_into
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        conn, _ = self.listener.accept()
+        payload = _recv(conn)
+        if self.commit_into is not None and payload is not None:
+            with open_store(self.commit_into) as store:
+                store.append([as_record(p) for p in pickle.loads(payload)])
+        conn.close()
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.listener.close()
+
+
+def as_record(parts: tuple) -> NewRecord:
+    """The NewRecord a prepared record was made from."""
+    prepared = PreparedRecord.from_parts(parts)
+    content = prepared.content
+    return NewRecord(
+        decision_id=content["decision_id"], recorded_at=prepared.recorded_at,
+        loan_id=content["loan_id"], ruleset_name=content["ruleset_name"],
+        ruleset_version=content["ruleset_version"], ruleset_sha256=content["ruleset_sha256"],
+        facts=json.loads(parts[6]), decision=json.loads(parts[7]), trace=json.loads(parts[8]),
+        duration_ms=content["duration_ms"], idempotency_key=content["idempotency_key"],
+        request_hash=content["request_hash"])
+
+
+@pytest.mark.parametrize("committed_before_dying", [False, True])
+def test_a_commit_whose_answer_is_lost_is_committed_here_exactly_once(
+        tmp_path: Path, committed_before_dying: bool) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    mute = MuteCommitProcess(str(tmp_path / "mute.sock"),
+                             url if committed_before_dying else None)
+    try:
+        with AuditLink(url) as link:
+            link.use_commit_process(CommitClient(str(tmp_path / "mute.sock")))
+            record = make_record(1, key="k-1")
+            link.submit(record)  # no exception: it is in the log
+            assert link.store().count() == 1
+            assert link.store().get(record.decision_id) is not None
+            assert link.store().verify().ok
+    finally:
+        mute.close()
+
+
+def test_a_restarted_commit_process_is_found_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    process = CommitProcess(url, supervise=True)
+    try:
+        with AuditLink(url, retry_interval=0.1) as link:
+            link.use_commit_process(CommitClient(process.path))
+            link.submit(make_record(1))
+            first = process.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            # In flight when it died, or sent while it is down: committed here, no error.
+            link.submit(make_record(2))
+            deadline = time.monotonic() + 30
+            while (process.starts < 2 or not process.alive()) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert process.starts == 2 and process.pid != first
+            time.sleep(0.2)  # past the link's retry interval
+            link.submit(make_record(3))
+            assert link.store().count() == 3 and link.store().verify().ok
+            assert link.store().transactions == 1  # record 2 only
+    finally:
+        process.stop()
+    assert not process.alive()
