@@ -87,43 +87,73 @@ def _value_fn(value: Any, path: str, rs: Ruleset):
 
 
 def _template_fn(template: Template, rs: Ruleset):
-    """A text line with placeholders as `fn(ctx) -> str`."""
-    pieces: list[Any] = []
+    """A text line with placeholders as `fn(ctx) -> str`: one format string and one
+    specialised closure per placeholder, built once per loaded ruleset."""
+    texts: list[str] = []
+    fns: list[Any] = []
     for i, part in enumerate(template.parts):
         if i % 2 == 0:
-            pieces.append(part)
-        elif isinstance(part, str):
-            pieces.append((part, None, ""))
-        else:
-            pieces.append((None, ex.compile_expr(part.node, rs.constant, rs.tables), part.kind))
+            texts.append(part.replace("{", "{{").replace("}", "}}"))
+            continue
+        texts.append("{}")
+        fns.append(_path_text(part) if isinstance(part, str) else _placeholder(part, rs))
+    fmt = "".join(texts).format
+    if not fns:
+        line = fmt()
+        return lambda ctx: line
+    if len(fns) == 1:
+        only = fns[0]
+        return lambda ctx: fmt(only(ctx))
+    return lambda ctx: fmt(*[f(ctx) for f in fns])
 
-    def render(ctx: dict) -> str:
-        out = []
-        for piece in pieces:
-            if isinstance(piece, str):
-                out.append(piece)
-                continue
-            path, fn, kind = piece
-            if fn is None:
-                out.append(_text(ctx.get(path)))
-                continue
-            try:
-                out.append(_format(fn(ctx), kind))
-            except ex.Undefined:
-                out.append("(not given)")
-        return "".join(out)
 
-    return render
+def _path_text(path: str):
+    return lambda ctx: _text(ctx.get(path))
+
+
+def _placeholder(part: Any, rs: Ruleset):
+    """`fn(ctx) -> str` for one `{expression}`; absent values read "(not given)"."""
+    kind = part.kind
+    node = part.node
+    if isinstance(node, ex.Ref) and rs.constant(node.name) is None:
+        name = node.name
+        if kind == ex.AMOUNT:
+            def amount_ref(ctx: dict) -> str:
+                v = ctx.get(name)
+                if v is None:
+                    return "(not given)"
+                return _amount(v) if type(v) is Decimal else _format(v, kind)
+
+            return amount_ref
+
+        def ref(ctx: dict) -> str:
+            v = ctx.get(name)
+            return "(not given)" if v is None else _format(v, kind)
+
+        return ref
+    fn = ex.compile_expr(node, rs.constant, rs.tables)
+
+    def computed(ctx: dict) -> str:
+        try:
+            return _format(fn(ctx), kind)
+        except ex.Undefined:
+            return "(not given)"
+
+    return computed
+
+
+def _amount(value: Decimal) -> str:
+    """$1,234.56 from integer cents (Decimal.__format__ is slow on the hot path)."""
+    cents = int(value.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
+    whole, frac = divmod(abs(cents), 100)
+    return f"{'-' if cents < 0 else ''}${whole:,}.{frac:02d}"
 
 
 def _format(value: Any, kind: str) -> str:
     if isinstance(value, datetime.date):
         return value.isoformat()
     if kind == ex.AMOUNT and isinstance(value, Decimal):
-        # $1,234.56 from integer cents (Decimal.__format__ is slow on the hot path)
-        cents = int(value.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
-        whole, frac = divmod(abs(cents), 100)
-        return f"{'-' if cents < 0 else ''}${whole:,}.{frac:02d}"
+        return _amount(value)
     if isinstance(value, Decimal):
         return f"{value.normalize():f}" if value == value.to_integral_value() else str(value)
     return _text(value)
@@ -140,10 +170,13 @@ def _text(value: Any) -> str:
 class RulePlan:
     """What resolving a matched rule needs, prepared once per loaded ruleset."""
 
-    __slots__ = ("rule", "reads", "outputs", "appends")
+    __slots__ = ("rule", "id", "priority", "rank", "reads", "outputs", "appends")
 
     def __init__(self, rule: Rule, rs: Ruleset) -> None:
         self.rule = rule
+        self.id = rule.id
+        self.priority = rule.priority
+        self.rank = _rank(rule)
         self.reads = read_paths(rule, rs)
         self.outputs = tuple((o.path, _value_fn(o.value, o.path, rs)) for o in rule.outputs)
         self.appends = tuple((path, tuple(_template_fn(t, rs) for t in templates))
@@ -156,6 +189,10 @@ def plan_rules(rs: Ruleset) -> dict[Rule, RulePlan]:
 
 def _rank(rule: Rule) -> tuple[int, int]:
     return (-rule.priority, rule.order)
+
+
+def _plan_rank(plan: RulePlan) -> tuple[int, int]:
+    return plan.rank
 
 
 class Resolution:
@@ -171,31 +208,46 @@ class Resolution:
         self.errors: list[str] = []
 
 
+_UNSEEN = object()
+
+
 def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
                   plans: dict[Rule, RulePlan]) -> None:
     ctx = res.ctx
+    get = ctx.get
     # An `any` can make the engine fire a rule twice for one fact: count it once.
-    ordered = sorted(dict.fromkeys(matched), key=_rank)
-    stage_winner: dict[str, tuple[Rule, Any]] = {}
-    entries = []
-    for rule in ordered:
-        plan = plans[rule]
+    ordered = [plans[r] for r in dict.fromkeys(matched)]
+    if len(ordered) > 1:
+        ordered.sort(key=_plan_rank)
+    stage_winner: dict[str, tuple[RulePlan, Any]] = {}
+    shown_values: dict[str, Any] = {}  # JSON form of the values read, for this stage's trace
+    trace = res.trace
+    lists = res.lists
+    top = None
+    for plan in ordered:
+        matched_values = {}
+        for p in plan.reads:
+            v = shown_values.get(p, _UNSEEN)
+            if v is _UNSEEN:
+                v = shown_values[p] = json_value(get(p))
+            matched_values[p] = v
+        shown: dict[str, Any] = {}
         entry = {
             "stage": stage,
-            "rule": rule.id,
-            "priority": rule.priority,
-            "matched": {p: json_value(ctx.get(p)) for p in plan.reads},
+            "rule": plan.id,
+            "priority": plan.priority,
+            "matched": matched_values,
             "applied": False,
             "overridden_by": None,
-            "set": {},
+            "set": shown,
         }
-        entries.append(entry)
-        shown = entry["set"]
+        trace.append(entry)
+        priority = plan.priority
         needed: list[tuple[str, Any, Any]] = []  # path, value, the holder it ties with
         try:
             for path, fn in plan.outputs:
                 held = stage_winner.get(path)
-                if held is not None and held[0].priority > rule.priority:
+                if held is not None and held[0].priority > priority:
                     # Overridden by a higher rule: not computed, not shown as set.
                     if entry["overridden_by"] is None:
                         entry["overridden_by"] = held[0].id
@@ -204,11 +256,11 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
         except OutputError as exc:
             # A rule applies whole or not at all.
             entry["error"] = str(exc)
-            res.errors.append(f"rule {rule.id}: {exc}")
+            res.errors.append(f"rule {plan.id}: {exc}")
             continue
         for path, value, held in needed:
             if held is None:
-                stage_winner[path] = (rule, value)
+                stage_winner[path] = (plan, value)
                 shown[path] = json_value(value)
                 entry["applied"] = True
                 continue
@@ -219,16 +271,17 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
                 entry.setdefault("conflict", []).append(path)
         for path, templates in plan.appends:
             lines = [render(ctx) for render in templates]
-            res.lists[path].extend(lines)
+            lists[path].extend(lines)
             shown[path] = lines
             entry["applied"] = True
-    for path, (rule, value) in stage_winner.items():
+        if top is None and entry["applied"]:
+            top = plan.id
+    winners = res.winners
+    for path, (plan, value) in stage_winner.items():
         ctx[path] = value
-        res.winners[path] = rule.id
-    top = next((e["rule"] for e in entries if e["applied"]), None)
+        winners[path] = plan.id
     if top is not None:
         ctx[f"decided_by.{stage}"] = top
-    res.trace.extend(entries)
     if stage == rs.decision_stage:
         settle_outcome(res, stage)
 

@@ -8,10 +8,16 @@ request threads and crash the process. Driving the C API ourselves:
 - no `Host`, so no background threads at all;
 - one uniquely named engine ruleset per loaded ruleset version (names cannot
   be re-registered; hot reload builds a new one and frees the old one);
-- per decision a fresh session id, deleted in `finally`; every stage has a
-  catch-all rule on the marker each stage fact carries, so at least one action
-  always runs before `delete_state` (deleting a session in which no action ran
-  crashes);
+- per decision a session of its own: taken from a bounded pool of idle
+  sessions (emptied by retracting exactly the facts the decision asserted:
+  a session's first fact costs about twice what later ones do) or a fresh
+  sid; a decision that fails in any way deletes its session in `finally`, so
+  a half-decided session is never reused; live sessions stay far below the
+  engine's 1024. Every stage has a catch-all rule on the marker each stage
+  fact carries, so at least one action always runs before `delete_state`
+  (deleting a session in which no action ran crashes);
+- stage facts are JSON with non-ASCII text \\u-escaped (raw UTF-8 never
+  equals the same text in a compiled rule);
 - matches are recorded from the actions the engine hands out (the call
   returns the session, not the fired rules); the engine's agenda order is
   never trusted for the hit policy;
@@ -32,6 +38,7 @@ import json
 from typing import Any
 
 import durable_rules_engine as dre
+import orjson
 
 from ..policy.model import Rule, Ruleset
 from .compiler import STAGE_KEY, Compiler, encode, simultaneous_tests_bound
@@ -73,6 +80,8 @@ class EngineLimit(EngineError):
 
 # More than 64 distinct tests true for one fact makes the engine fail (error 303).
 MAX_SIMULTANEOUS_TESTS = 64
+# Emptied sessions kept for reuse per loaded ruleset (the engine allows 1024 live ones).
+MAX_IDLE_SESSIONS = 64
 
 
 class DurableMatcher:
@@ -86,6 +95,10 @@ class DurableMatcher:
         compiler = Compiler(rs)
         self.engine_name = f"{rs.name}-{rs.version}-{rs.sha256[:12]}-{next(_names)}"
         self._leaked = 0
+        # Idle engine sessions, each emptied by retraction after a successful decision
+        # (a session's first fact costs about twice what the next ones do). Bounded:
+        # live sessions stay far below the engine's 1024.
+        self._idle: list[str] = []
         definition: dict[str, Any] = {}
         self._by_name: dict[str, Rule] = {}
         for i, rule in enumerate(rs.rules):
@@ -148,14 +161,24 @@ class DurableMatcher:
         handle = self._handle
         if handle is None:
             raise EngineError("this ruleset's engine has been closed")
-        sid = f"d{next(_sids)}"
-        dumps, by_name, stage_end = json.dumps, self._by_name, self._stage_end
+        idle = self._idle
+        try:
+            sid = idle.pop()  # atomic under the GIL: no two calls share a session
+            reused = True
+        except IndexError:
+            sid = f"d{next(_sids)}"
+            reused = False
+        by_name, stage_end = self._by_name, self._stage_end
         matches: list[Rule] = []
+        asserted: list[str] = []
         actions = 0
         in_action = False
+        done = False
         state = None
         try:
-            state = dre.assert_fact(handle, dumps(self.stage_fact(self.rs.stages[0], ctx, sid)))[1]
+            text = _dumps(self.stage_fact(self.rs.stages[0], ctx, sid))
+            asserted.append(text)
+            state = dre.assert_fact(handle, text)[1]
             started = dre.start_action_for_state(handle, state)
             message = started[1] if started else None
             while message:
@@ -171,26 +194,46 @@ class DurableMatcher:
                     resolved, matches = matches, []
                     ctx = on_stage(stage, resolved)
                     if nxt is not None:
-                        dre.assert_fact(handle, dumps(self.stage_fact(nxt, ctx, sid)))
+                        text = _dumps(self.stage_fact(nxt, ctx, sid))
+                        asserted.append(text)
+                        dre.assert_fact(handle, text)
                 message = dre.complete_and_start_action(handle, state)
                 in_action = False
             if self._last is not None:
                 on_stage(self._last, matches)
+            done = actions > 0
         except dre.error as exc:
             raise EngineError(f"engine: {exc}") from exc
         finally:
             if in_action and state is not None:
                 dre.abandon_action(handle, state)
-            if actions:
+            if done:
+                self._release(handle, sid, asserted)
+            elif actions or reused:
                 dre.delete_state(handle, sid)
             else:
                 # Deleting a session in which no action ran crashes the engine; the
                 # catch-all rules make that impossible, but never risk the process.
                 self._leaked += 1
 
+    def _release(self, handle: Any, sid: str, asserted: list[str]) -> None:
+        """Empty a session that decided cleanly and keep it for the next decision."""
+        try:
+            for text in asserted:
+                dre.retract_fact(handle, text)
+        except dre.error:
+            dre.delete_state(handle, sid)
+            return
+        if len(self._idle) < MAX_IDLE_SESSIONS:
+            self._idle.append(sid)
+        else:
+            dre.delete_state(handle, sid)
+
     def close(self) -> None:
         """Free the engine's memory for this ruleset (only when no call can be inside it)."""
         if self._handle is not None:
+            while self._idle:
+                dre.delete_state(self._handle, self._idle.pop())
             dre.delete_ruleset(self._handle)
             self._handle = None
 
@@ -215,6 +258,16 @@ def _explain_engine_error(rs: Ruleset, compiler: Compiler, exc: Exception) -> st
         else:
             dre.delete_ruleset(handle)
     return "; ".join(bad) if bad else f"the engine refused the ruleset: {exc}"
+
+
+def _dumps(fact: dict) -> str:
+    """A stage fact as the JSON text the engine reads (ints, bools and strings only).
+
+    Non-ASCII text must reach the engine \\u-escaped, as its rules were compiled: raw
+    UTF-8 in a fact never equals the same text in a rule (measured). orjson writes
+    UTF-8, so anything but ASCII goes through `json.dumps`, which escapes it."""
+    text = orjson.dumps(fact).decode()
+    return text if text.isascii() else json.dumps(fact)
 
 
 def _encoder(kind: str) -> Any:

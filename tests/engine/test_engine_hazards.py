@@ -18,11 +18,12 @@ import tomllib
 from decimal import Decimal
 from pathlib import Path
 
+import durable_rules_engine as dre
 import pytest
 
 from service import facts as facts_mod
 from service.engine.decide import Decider
-from service.engine.runtime import DurableMatcher, EngineLimit
+from service.engine.runtime import MAX_IDLE_SESSIONS, DurableMatcher, EngineLimit
 from service.policy.loader import PolicyError, load_ruleset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,9 +67,60 @@ def run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_more_than_1024_sessions_are_never_live(decider):
-    # hazard: MemoryError on the 1025th live session; every session is deleted in finally
+    # hazard: MemoryError on the 1025th live session; a session is emptied and reused,
+    # or deleted in finally
     for _ in range(3000):
         assert decider.decide(CAR)["outcome"]["bearer"] == "borrower"
+    assert len(decider.matcher._idle) <= MAX_IDLE_SESSIONS
+
+
+def test_a_reused_session_is_empty_and_decides_like_a_fresh_one(rs):
+    # sessions are reused (half the engine time of a fresh one): each must be emptied by
+    # retraction, or the previous decision's facts would match again
+    matcher_decider = Decider(rs)
+    try:
+        matcher = matcher_decider.matcher
+        first = matcher_decider.decide(CAR)
+        assert len(matcher._idle) == 1
+        sid = matcher._idle[0]
+        assert json.loads(dre.get_facts(matcher._handle, sid)) == []
+        other = json.loads(json.dumps(CAR))
+        other["jurisdiction"] = "CA"  # anti-deficiency: a different decision
+        for facts in (other, CAR, other, CAR):
+            again = matcher_decider.decide(facts)
+            fresh = Decider(rs, "reference").decide(facts)
+            assert again["outcome"] == fresh["outcome"]
+            assert [t["rule"] for t in again["trace"]] == [t["rule"] for t in fresh["trace"]]
+            assert matcher._idle == [sid]  # the same session, emptied every time
+            assert json.loads(dre.get_facts(matcher._handle, sid)) == []
+        assert again["outcome"] == first["outcome"]
+    finally:
+        matcher_decider.close()
+
+
+def test_idle_sessions_stay_bounded_under_many_threads(rs):
+    decider = Decider(rs)
+    expected = Decider(rs, "reference").decide(CAR)["outcome"]
+    wrong: list = []
+
+    def work():
+        for _ in range(40):
+            out = decider.decide(CAR)["outcome"]
+            if out != expected:
+                wrong.append(out)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wrong == []
+        assert 1 <= len(decider.matcher._idle) <= MAX_IDLE_SESSIONS
+        for sid in decider.matcher._idle:
+            assert json.loads(dre.get_facts(decider.matcher._handle, sid)) == []
+    finally:
+        decider.close()
 
 
 def test_session_where_no_user_rule_matches_is_deleted_safely(tmp_path):
@@ -202,6 +254,34 @@ def test_arithmetic_with_an_absent_operand_does_not_fire(tmp_path):
         decider.close()
 
 
+def test_non_ascii_text_matches_the_same_text_in_a_rule(tmp_path):
+    # found here, not in ENGINE-NOTES: raw UTF-8 in a fact never equals the same text
+    # in a rule (the compiled rules carry it \\u-escaped); facts must be escaped too
+    d = write_rules(tmp_path / "r", """\
+        - id: named-loan
+          description: one loan by its id
+          stage: s
+          priority: 2
+          when: {loan.id: "PRÉT-Ü-€-😀"}
+          then: {outcome.bearer: lender, outcome.action: write_off}
+        - id: any-loan
+          description: every other loan
+          stage: s
+          priority: 1
+          when: {loan.id: {exists: true}}
+          then: {outcome.bearer: borrower, outcome.action: pursue_deficiency}
+        """)
+    decider = Decider(load_ruleset(d))
+    try:
+        facts = json.loads(json.dumps(CAR))
+        for loan_id, bearer in (("PRÉT-Ü-€-😀", "lender"), ("PRET-U", "borrower"),
+                                ("PRÉT-Ü-€", "borrower")):
+            facts["loan"]["id"] = loan_id
+            assert decider.decide(facts)["outcome"]["bearer"] == bearer, loan_id
+    finally:
+        decider.close()
+
+
 def test_engine_facts_hold_only_ints_bools_and_short_strings(decider):
     # hazards: numbers sent as strings compare as strings; floats with exponents and
     # inf break the engine's parser; Decimal/datetime raise TypeError; >= 64 KiB
@@ -326,10 +406,20 @@ def test_an_exception_inside_an_action_is_surfaced_not_swallowed(rs):
 
         with pytest.raises(RuntimeError, match="resolver failed"):
             matcher.run(context(f, compute_amounts(f)), boom)
-        # the failed call's session was abandoned and deleted: the engine still decides
+        # the failed call's session was abandoned and deleted (never reused with a half
+        # decision in it): the engine still decides
+        assert matcher._idle == []
         seen = []
         matcher.run(context(f, compute_amounts(f)), lambda s, m: seen.append(s) or {})
         assert seen == list(rs.stages)
+        assert len(matcher._idle) == 1
+        sid = matcher._idle[0]
+        # a reused session that fails is deleted too
+        with pytest.raises(RuntimeError, match="resolver failed"):
+            matcher.run(context(f, compute_amounts(f)), boom)
+        assert matcher._idle == []
+        with pytest.raises(dre.error):
+            dre.get_facts(matcher._handle, sid)
     finally:
         matcher.close()
 
