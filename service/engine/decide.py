@@ -47,18 +47,39 @@ def flatten(facts: dict, prefix: str = "", out: dict | None = None) -> dict:
     return out
 
 
+class _Paths(dict):
+    """"section" + "key" -> "section.key", made once per key (no string building per decision)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, key: str) -> str:
+        path = self[key] = f"{self.prefix}.{key}"
+        return path
+
+
+_SECTIONS = tuple((s, _Paths(s)) for s in ("loan", "collateral", "disposition", "negotiation",
+                                           "borrower"))
+_SUB_PATHS: dict[str, _Paths] = {}
+_AMOUNT_PATHS = _Paths("amounts")
+
+
 def context(facts: dict, amounts: dict[str, Decimal]) -> dict:
     """The flat path -> value view rules read: facts, then `amounts.*`."""
     ctx = {"as_of": facts["as_of"], "jurisdiction": facts["jurisdiction"]}
-    for section in ("loan", "collateral", "disposition", "negotiation", "borrower"):
+    for section, paths in _SECTIONS:
         for k, v in facts[section].items():
             if type(v) is dict:
+                sub = _SUB_PATHS.get(paths[k])
+                if sub is None:
+                    sub = _SUB_PATHS.setdefault(paths[k], _Paths(paths[k]))
                 for k2, v2 in v.items():
-                    ctx[f"{section}.{k}.{k2}"] = v2
+                    ctx[sub[k2]] = v2
             else:
-                ctx[f"{section}.{k}"] = v
+                ctx[paths[k]] = v
     for name, value in amounts.items():
-        ctx[f"amounts.{name}"] = value
+        ctx[_AMOUNT_PATHS[name]] = value
     return ctx
 
 
@@ -102,9 +123,16 @@ class Decider:
 
     def build(self, facts: dict, amounts: dict[str, Decimal], res: Resolution) -> dict:
         ctx = res.ctx
+        get = ctx.get
+        defaults = OUTPUT_DEFAULTS
 
         def out(path: str) -> Any:
-            value = ctx.get(path, OUTPUT_DEFAULTS.get(path))
+            value = get(path)
+            if value is None:
+                value = defaults.get(path)
+            t = type(value)
+            if t is str or value is None:
+                return value
             return json_value(value)
 
         return {
@@ -134,7 +162,12 @@ class Decider:
             "explanation": list(res.lists["explanation"]),
             "ruleset": dict(self.ruleset_info),
             "trace": res.trace,
-            "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(
-                timespec="microseconds").replace("+00:00", "Z"),
+            "evaluated_at": _utc_now_text(),
             "duration_ms": 0.0,
         }
+
+
+def _utc_now_text() -> str:
+    """Now, UTC, to the microsecond: `2026-11-24T03:01:04.909552Z`."""
+    return datetime.datetime.now(datetime.UTC).isoformat(
+        timespec="microseconds").replace("+00:00", "Z")
