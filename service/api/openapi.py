@@ -15,8 +15,25 @@ from .. import facts as facts_mod
 from ..audit.store import MAX_QUERY_LIMIT
 from ..config import Config
 
+# Output amounts, by what bounds them (SPEC §3; every input amount is at most
+# 999,999,999,999.99): an input copied through has 12 digits; debt is the sum of 3
+# inputs, costs of 6, so claim (debt + costs - credits) reaches 13 digits and is
+# negative when the credits exceed debt + costs; deficiency <= claim, surplus <=
+# proceeds + credits; borrower_owes + lender_absorbs == deficiency, neither negative.
 MONEY_OUT = {"type": "string", "pattern": r"^[0-9]{1,12}\.[0-9]{2}$",
              "description": "Exact amount, two decimals."}
+MONEY_SUM = {"type": "string", "pattern": r"^[0-9]{1,13}\.[0-9]{2}$",
+             "description": "Exact amount, two decimals; a sum of amounts (up to 13 digits)."}
+MONEY_SIGNED = {"type": "string", "pattern": r"^-?[0-9]{1,13}\.[0-9]{2}$",
+                "description": "Exact amount, two decimals; negative when the credits "
+                               "exceed debt + costs."}
+MONEY_RULE = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$",
+              "description": "Exact amount, two decimals, never negative, computed by the "
+                             "ruleset's rules (the default rules keep it within the "
+                             "deficiency or the surplus: up to 13 digits)."}
+_AMOUNTS_OUT = {"debt": MONEY_SUM, "costs": MONEY_SUM, "credits": MONEY_OUT,
+                "claim": MONEY_SIGNED, "proceeds": MONEY_OUT, "deficiency": MONEY_SUM,
+                "surplus": MONEY_SUM}
 MONEY_IN = {
     "description": "Exact amount from 0 to 999999999999.99, at most 2 decimal places; "
                    "a JSON string (\"8500.00\") or a JSON number (read from its text, "
@@ -96,7 +113,7 @@ def _drop_empty_required(node: dict[str, Any]) -> None:
 
 
 def _decision_schema() -> dict[str, Any]:
-    amounts = ("debt", "costs", "credits", "claim", "proceeds", "deficiency", "surplus")
+    amounts = tuple(_AMOUNTS_OUT)
     return {
         "type": "object",
         "required": ["decision_id", "loan_id", "as_of", "amounts", "outcome",
@@ -107,7 +124,7 @@ def _decision_schema() -> dict[str, Any]:
             "loan_id": {"type": "string"},
             "as_of": DATE,
             "amounts": {"type": "object", "required": list(amounts),
-                        "properties": {a: MONEY_OUT for a in amounts},
+                        "properties": dict(_AMOUNTS_OUT),
                         "additionalProperties": False},
             "outcome": {
                 "type": "object",
@@ -119,9 +136,9 @@ def _decision_schema() -> dict[str, Any]:
                     "action": {"enum": ["pursue_deficiency", "collect_judgment",
                                         "accept_settlement", "write_off", "refund_surplus",
                                         "close", "hold_collection", "refer"]},
-                    "borrower_owes": MONEY_OUT,
-                    "lender_absorbs": MONEY_OUT,
-                    "surplus_to_borrower": MONEY_OUT,
+                    "borrower_owes": MONEY_SUM,
+                    "lender_absorbs": MONEY_SUM,
+                    "surplus_to_borrower": MONEY_RULE,
                     "deadline": {"oneOf": [DATE, {"type": "null"}],
                                  "description": "Last day to seek a deficiency judgment."},
                     "basis": {"type": "string"},
@@ -134,7 +151,7 @@ def _decision_schema() -> dict[str, Any]:
                     "category": {"enum": ["paid_in_full", "open_until_paid", "settled",
                                           "charged_off", "deed_in_lieu", "foreclosure",
                                           "no_change"]},
-                    "balance": MONEY_OUT,
+                    "balance": MONEY_RULE,
                 },
                 "additionalProperties": False,
             },
@@ -142,7 +159,7 @@ def _decision_schema() -> dict[str, Any]:
                 "type": "object", "required": ["form", "canceled_debt", "event_code", "notes"],
                 "properties": {
                     "form": {"enum": ["1099-C", "1099-A", None]},
-                    "canceled_debt": MONEY_OUT,
+                    "canceled_debt": MONEY_RULE,
                     "event_code": {"enum": ["A", "B", "C", "D", "E", "F", "G", "H", None]},
                     "notes": {"type": "array", "items": {"type": "string"}},
                 },
@@ -303,7 +320,59 @@ def _components(config: Config) -> dict[str, Any]:
             "Ready": {"type": "object", "required": ["status", "ruleset", "audit"],
                       "properties": {"status": {"const": "ready"},
                                      "ruleset": {"$ref": "#/components/schemas/RulesetId"},
-                                     "audit": {"enum": ["sqlite", "postgresql"]}}},
+                                     "audit": {"enum": ["sqlite", "postgresql"]},
+                                     "ruleset_error": {"oneOf": [
+                                         {"$ref": "#/components/schemas/RulesetError"},
+                                         {"type": "null"}]}}},
+            "RulesetError": {
+                "type": "object",
+                "description": "Why the rule files are not the active ruleset: the last "
+                               "examination rejected them (the active ruleset keeps "
+                               "deciding). Null when the last examination did not.",
+                "required": ["reason", "rejected_sha256", "trigger", "at", "problems",
+                             "problem_count"],
+                "properties": {
+                    "reason": {"type": "string"},
+                    "rejected_sha256": {"oneOf": [SHA256, {"type": "null"}],
+                                        "description": "Null: the files could not be read."},
+                    "trigger": {"enum": ["api", "watcher", "boot"]},
+                    "at": {"type": "string", "format": "date-time"},
+                    "problems": {"type": "array",
+                                 "description": "The first problems (problem_count: how "
+                                                "many in all; POST /v1/ruleset/reload "
+                                                "lists every one).",
+                                 "items": {"type": "string",
+                                           "description": "file:line:column: severity: "
+                                                          "message"}},
+                    "problem_count": {"type": "integer", "minimum": 0},
+                },
+                "additionalProperties": False,
+            },
+            "RulesetProblem": {
+                "type": "object",
+                "required": ["file", "line", "column", "severity", "message", "hint"],
+                "properties": {
+                    "file": {"type": "string"},
+                    "line": {"type": "integer", "minimum": 0},
+                    "column": {"type": "integer", "minimum": 0},
+                    "severity": {"enum": ["error", "warning"]},
+                    "message": {"type": "string"},
+                    "hint": {"type": "string"},
+                },
+                "additionalProperties": False,
+            },
+            "InvalidRulesetProblem": {
+                "description": "A Problem, plus the active ruleset (unchanged) and every "
+                               "problem of the rejected one.",
+                "allOf": [{"$ref": "#/components/schemas/Problem"}],
+                "required": ["active", "rejected_sha256", "problems"],
+                "properties": {
+                    "active": {"$ref": "#/components/schemas/RulesetId"},
+                    "rejected_sha256": {"oneOf": [SHA256, {"type": "null"}]},
+                    "problems": {"type": "array", "items": {
+                        "$ref": "#/components/schemas/RulesetProblem"}},
+                },
+            },
         },
         "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
@@ -314,7 +383,14 @@ def _components(config: Config) -> dict[str, Any]:
             name: {"description": text, "content": {"application/problem+json": {
                 "schema": {"$ref": "#/components/schemas/Problem"}}}}
             for name, text in (
-                ("BadRequest", "Malformed JSON or an invalid parameter."),
+                ("BadRequest", "Malformed JSON, an invalid parameter, or a malformed "
+                               "HTTP request (request line, header field, Content-Length)."),
+                ("MalformedRequest", "A malformed HTTP request (request line, header "
+                                     "field, Content-Length), refused before it is routed."),
+                ("UriTooLong", "The request line is over the HTTP server's limit "
+                               "(4094 bytes)."),
+                ("HeadersTooLarge", "Over the HTTP server's header limits (100 fields, "
+                                    "8190 bytes each)."),
                 ("Unauthorized", "No valid API key (see WWW-Authenticate)."),
                 ("Forbidden", "The API key lacks the required scope."),
                 ("NotFound", "No such resource."),
@@ -324,8 +400,16 @@ def _components(config: Config) -> dict[str, Any]:
                 ("UnsupportedMediaType", "The body is not application/json."),
                 ("Unprocessable", "Invalid facts: every offending field is listed."),
                 ("Internal", "Unexpected server error (no internals disclosed)."),
-                ("Unavailable", "The audit log cannot be reached; nothing was recorded."),
+                ("Unavailable", "The audit log cannot be reached: no decision is answered. If it "
+                                "failed while committing, the decision may be recorded: "
+                                "retry with the same Idempotency-Key."),
             )
+        } | {
+            "InvalidRuleset": {
+                "description": "The rules directory does not hold a valid ruleset; the "
+                               "active one stays. Every problem as file:line:column.",
+                "content": {"application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/InvalidRulesetProblem"}}}},
         },
     }
 
@@ -341,6 +425,19 @@ def _errors(*codes: int) -> dict[str, Any]:
              415: "UnsupportedMediaType", 422: "Unprocessable", 500: "Internal",
              503: "Unavailable"}
     return {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
+
+
+def _http_refusals(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation can be refused by the HTTP server before it is routed
+    (service/api/server.py `refusal`): a malformed request (400), a request line or
+    header fields over its limits (414, 431)."""
+    for item in paths.values():
+        for op in item.values():
+            responses = op["responses"]
+            responses.setdefault("400", {"$ref": "#/components/responses/MalformedRequest"})
+            responses["414"] = {"$ref": "#/components/responses/UriTooLong"}
+            responses["431"] = {"$ref": "#/components/responses/HeadersTooLarge"}
+    return paths
 
 
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
@@ -360,7 +457,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": _AUTH,
-        "paths": {
+        "paths": _http_refusals({
             "/v1/decisions": {
                 "post": {
                     "operationId": "decide",
@@ -444,7 +541,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "description": "Scope `admin`. An invalid ruleset is refused (422, every "
                                    "problem as file:line:column) and the active one stays.",
                     "responses": {"200": _json("ReloadResult", "Reloaded (or unchanged)."),
-                                  **_errors(401, 403, 422, 500)},
+                                  **_errors(401, 403, 500),
+                                  "422": {"$ref": "#/components/responses/InvalidRuleset"}},
                 },
             },
             "/healthz": {"get": {
@@ -465,6 +563,6 @@ def openapi_document(config: Config) -> dict[str, Any]:
                 "responses": {"200": {"description": "OpenAPI 3.1 document.",
                                       "content": {"application/json": {
                                           "schema": {"type": "object"}}}}}}},
-        },
+        }),
         "components": _components(config),
     }

@@ -1,5 +1,6 @@
 """Operational endpoints, open to all: liveness, readiness, metrics, the API document;
-and the hidden `/v1/_floor` the HTTP benchmark measures the server's floor with."""
+and the hidden `/v1/_floor` the HTTP benchmark measures the server's floor with (it
+needs a key with the scope `decide`, like a decision)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
-from .app import service
+from .app import authorize, service
 from .decisions import json_response
 from .generation import REJECTED, Verdict
 from .openapi import openapi_document
@@ -69,6 +70,8 @@ def openapi() -> Response:
 
 @bp.post("/v1/_floor")
 def floor() -> Response:
-    """What the server costs without deciding: read the body, answer small JSON."""
+    """What the server costs without deciding: check the key as a decision does (scope
+    `decide`: 401/403 otherwise), read the body, answer small JSON."""
+    authorize("decide")
     request.get_data(cache=False)
     return json_response({"status": "ok"})

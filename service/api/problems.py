@@ -102,8 +102,13 @@ def invalid_request(errors: list[FieldError], detail: str) -> Problem:
     return Problem(400, "Invalid request", detail, type_="invalid-request", errors=errors)
 
 
-def store_unavailable(detail: str = "The audit log cannot be reached; nothing was recorded. "
-                                    "Retry later.") -> Problem:
+STORE_UNAVAILABLE = (
+    "The audit log cannot be reached, so no decision is answered. Retry later with the same "
+    "Idempotency-Key: if the log failed while committing, the decision may have been "
+    "recorded, and the retry returns it instead of making a second one.")
+
+
+def store_unavailable(detail: str = STORE_UNAVAILABLE) -> Problem:
     return Problem(503, "Audit log unavailable", detail, type_="store-unavailable",
                    headers={"Retry-After": "1"})
 

@@ -74,12 +74,14 @@ def _value_fn(value: Any, path: str, rs: Ruleset):
         def computed(ctx: dict) -> Any:
             try:
                 result = fn(ctx)
+                if money and isinstance(result, Decimal):
+                    result = result.quantize(CENT, rounding=ROUND_HALF_UP)
             except ex.Undefined as exc:
                 raise OutputError(f"{path} = {text}: {exc} is absent") from None
-            if money and isinstance(result, Decimal):
-                result = result.quantize(CENT, rounding=ROUND_HALF_UP)
-                if result < 0:
-                    raise OutputError(f"{path} = {text} is negative ({result})")
+            except ArithmeticError:  # decimal: too many digits to hold to the cent
+                raise OutputError(f"{path} = {text} is out of range") from None
+            if money and isinstance(result, Decimal) and result < 0:
+                raise OutputError(f"{path} = {text} is negative ({result})")
             return result
 
         return computed
@@ -122,7 +124,10 @@ def _placeholder(part: Any, rs: Ruleset):
                 v = ctx.get(name)
                 if v is None:
                     return "(not given)"
-                return _amount(v) if type(v) is Decimal else _format(v, kind)
+                try:
+                    return _amount(v) if type(v) is Decimal else _format(v, kind)
+                except ArithmeticError:
+                    return "(out of range)"
 
             return amount_ref
 
@@ -138,6 +143,8 @@ def _placeholder(part: Any, rs: Ruleset):
             return _format(fn(ctx), kind)
         except ex.Undefined:
             return "(not given)"
+        except ArithmeticError:  # decimal: too many digits to print to the cent
+            return "(out of range)"
 
     return computed
 

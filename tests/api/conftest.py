@@ -8,6 +8,7 @@ status (problem+json for errors). End-to-end tests start the real server
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -226,9 +227,9 @@ def _admin_engine() -> sa.Engine:
     return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this test session, dropped at the end."""
+@contextlib.contextmanager
+def new_pg_database() -> Iterator[str]:
+    """A uniquely named, empty PostgreSQL database (its URL), dropped afterwards."""
     name = f"api_test_{uuid.uuid4().hex[:16]}"
     engine = _admin_engine()
     try:
@@ -243,6 +244,13 @@ def pg_database() -> Iterator[str]:
         with engine.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A uniquely named PostgreSQL database for this test session, dropped at the end."""
+    with new_pg_database() as url:
+        yield url
 
 
 def pg_url_via(url: str, port: int) -> str:

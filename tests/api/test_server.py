@@ -156,3 +156,63 @@ def test_keep_alive_connections_are_recycled(server: Server) -> None:
               for _ in range(101)]
     assert closes.count("close") == 2
     assert closes[49] == closes[99] == "close"
+
+
+def _read_responses(sock: Any, count: int) -> list[tuple[int, bytes]]:
+    """`count` HTTP/1.1 responses (status, body) read off a raw keep-alive socket."""
+    buf = b""
+    out: list[tuple[int, bytes]] = []
+    while len(out) < count:
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(out)} of {count} responses"
+            buf += chunk
+            continue
+        head = buf[:end].decode("latin-1")
+        length = int(re.search(r"(?im)^content-length:\s*(\d+)", head).group(1))
+        while len(buf) < end + 4 + length:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed inside a response"
+            buf += chunk
+        out.append((int(head.split(" ", 2)[1]), buf[end + 4:end + 4 + length]))
+        buf = buf[end + 4 + length:]
+    return out
+
+
+def test_keep_alive_requests_are_answered_back_to_back_pipelined_and_after_a_pause(
+        server: Server) -> None:
+    """A worker thread keeps serving a keep-alive connection while its requests come right
+    away, and hands it back to the poller otherwise: every way a client can send its next
+    request on the connection is answered, in order."""
+    import socket
+    import time
+
+    host, port = server.base.removeprefix("http://").split(":")
+    body = json.dumps(CAR).encode()
+    decide = (f"POST /v1/decisions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json"
+              f"\r\nAuthorization: Bearer {KEYS['decider'][0]}\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    health = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        ids = set()
+        for _ in range(20):  # back to back: the next request follows each answer at once
+            sock.sendall(decide)
+            [(status, answer)] = _read_responses(sock, 1)
+            assert status == 201, answer
+            ids.add(json.loads(answer)["decision_id"])
+        assert len(ids) == 20
+        sock.sendall(health + decide + health)  # pipelined: three requests in one write
+        answers = _read_responses(sock, 3)
+        assert [s for s, _ in answers] == [200, 201, 200]
+        assert json.loads(answers[1][1])["outcome"]["bearer"] == "borrower"
+        for pause in (0.05, 0.3):  # longer than the thread waits: back through the poller
+            time.sleep(pause)
+            sock.sendall(decide)
+            [(status, answer)] = _read_responses(sock, 1)
+            assert status == 201, answer
+        sock.sendall(decide[:40])  # a request split over two writes
+        time.sleep(0.05)
+        sock.sendall(decide[40:])
+        [(status, answer)] = _read_responses(sock, 1)
+        assert status == 201, answer

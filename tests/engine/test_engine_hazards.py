@@ -450,3 +450,30 @@ def test_money_stays_exact_through_the_engine(decider):
     out = decider.decide(facts)
     assert out["amounts"]["deficiency"] == "0.20"
     assert Decimal(out["outcome"]["borrower_owes"]) == Decimal("0.20")
+
+
+def test_an_output_too_large_for_cents_is_a_rule_error_not_a_crash(tmp_path):
+    # found by the hardening work: an output beyond ~26 integer digits cannot be held to the
+    # cent (decimal.InvalidOperation); the decision must fail safe, like any rule error
+    d = write_rules(tmp_path / "r", """\
+        - id: absurd
+          description: absorbs an absurd amount
+          stage: s
+          priority: 1
+          when: {loan.type: auto}
+          then:
+            outcome.bearer: lender
+            outcome.action: write_off
+            outcome.lender_absorbs: "amounts.deficiency * 1000000000 * 1000000000 * 1000000000"
+        """)
+    rs = load_ruleset(d)
+    for matcher in ("durable", "reference"):
+        decider = Decider(rs, matcher)
+        try:
+            out = decider.decide(CAR)
+        finally:
+            decider.close()
+        assert out["outcome"]["bearer"] == "review"
+        assert out["outcome"]["basis"].startswith("rule error: rule absurd:")
+        assert "out of range" in out["outcome"]["basis"]
+        assert out["outcome"]["borrower_owes"] == out["amounts"]["deficiency"]

@@ -19,54 +19,27 @@ Figures (requests fuzzed, examples generated, hazards covered) are collected wit
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import shutil
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from tests.api.conftest import KEYS, RULES, OpenApi, api_keys
+from tests.api.conftest import (
+    KEYS,
+    RULES,
+    OpenApi,
+    api_keys,
+    pg_database,  # noqa: F401 - a fixture (test_store_faults.py)
+)
 from tests.api.servers import Server, free_port, write_config
-
-# ------------------------------------------------------------------ known deviations
-
-#: The output money pattern of /openapi.json (service/api/openapi.py MONEY_OUT).
-MONEY_OUT_PATTERN = r"^[0-9]{1,12}\.[0-9]{2}$"
-#: What the service really answers for computed amounts: `claim` is negative when the
-#: credits exceed debt + costs, and sums of several 12-digit amounts (debt, costs,
-#: claim, deficiency, borrower_owes, ...) reach 13 digits. Reported as a bug (see
-#: test_fuzz_api.py::test_every_computed_amount_conforms_to_the_document, xfail strict);
-#: the fuzzer tolerates exactly this deviation and counts it, nothing else.
-KNOWN_MONEY_OUT_PATTERN = r"^-?[0-9]{1,13}\.[0-9]{2}$"
-KNOWN_DEVIATION = "BUG money-out pattern (negative claim / 13-digit sums)"
-
-
-def relaxed_document(doc: dict[str, Any]) -> dict[str, Any]:
-    """The served document with only the known money-out deviation allowed."""
-    relaxed = copy.deepcopy(doc)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("pattern") == MONEY_OUT_PATTERN:
-                node["pattern"] = KNOWN_MONEY_OUT_PATTERN
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(relaxed)
-    return relaxed
 
 
 class _Answer:
@@ -84,15 +57,12 @@ class _Answer:
 
 class Conformance:
     """Every answer against the served OpenAPI document (status documented for the
-    operation, media type, body schema; errors are problem+json). A response that only
-    conforms with the known deviation allowed is counted in `known`, never passed
-    silently."""
+    operation, media type, body schema; errors are problem+json), strictly: no
+    tolerated deviation."""
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.doc = doc
-        self.strict = OpenApi(doc)
-        self.relaxed = OpenApi(relaxed_document(doc))
-        self.known: Counter[str] = Counter()
+        self.openapi = OpenApi(doc)
         self.checked = 0
 
     def check(self, method: str, path: str, status: int, headers: Mapping[str, Any],
@@ -109,11 +79,7 @@ class Conformance:
                 return
         if method == "HEAD":
             return  # a GET without its body
-        try:
-            self.strict.validate(method, path, answer)
-        except jsonschema.ValidationError:
-            self.relaxed.validate(method, path, answer)  # any other deviation fails here
-            self.known[KNOWN_DEVIATION] += 1
+        self.openapi.validate(method, path, answer)
 
     def check_response(self, method: str, response: requests.Response) -> None:
         path = requests.utils.urlparse(response.url).path
@@ -185,13 +151,14 @@ class Live:
                                 timeout=timeout)
 
 
-def _start(tmp: Path, *, limits: dict[str, int] | None = None) -> Live:
+def _start(tmp: Path, *, limits: dict[str, int] | None = None,
+           audit_url: str | None = None) -> Live:
     rules = tmp / "rules"
     shutil.copytree(RULES, rules, ignore=shutil.ignore_patterns("tests"))
     port = free_port()
     config = write_config(tmp / "config.yaml", port=port, workers=2,
-                          audit_url=f"sqlite:///{tmp}/audit/audit.db", keys=config_keys(),
-                          rules_dir=rules)
+                          audit_url=audit_url or f"sqlite:///{tmp}/audit/audit.db",
+                          keys=config_keys(), rules_dir=rules)
     if limits:
         with config.open("a") as f:
             f.write("limits:\n" + "".join(f"  {k}: {v}\n" for k, v in limits.items()))
@@ -227,8 +194,7 @@ def _finish(live: Live, name: str) -> None:
     leaked = [key_name for key_name, (key, _) in KEYS.items() if key in log]
     assert leaked == [], f"API keys {leaked} appear in the server's output"
     _FIGURES.add(f"{name} server: {live.conformance.checked} answers checked against "
-                 f"/openapi.json ({live.conformance.known[KNOWN_DEVIATION]} with the known "
-                 f"money-out deviation); workers unchanged {sorted(live.boot_workers)}")
+                 f"/openapi.json; workers unchanged {sorted(live.boot_workers)}")
     at = log.find("Traceback")
     assert at < 0, "a traceback in the server's output:\n" + log[max(0, at - 2000):at + 4000]
 
