@@ -174,6 +174,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+_COMPUTED = object()
+
+
 class RulePlan:
     """What resolving a matched rule needs, prepared once per loaded ruleset."""
 
@@ -185,7 +188,11 @@ class RulePlan:
         self.priority = rule.priority
         self.rank = _rank(rule)
         self.reads = read_paths(rule, rs)
-        self.outputs = tuple((o.path, _value_fn(o.value, o.path, rs)) for o in rule.outputs)
+        # (path, fn(ctx) -> value, the value's JSON form when it is a constant)
+        self.outputs = tuple(
+            (o.path, _value_fn(o.value, o.path, rs),
+             json_value(o.value.value) if isinstance(o.value, Literal) else _COMPUTED)
+            for o in rule.outputs)
         self.appends = tuple((path, tuple(_template_fn(t, rs) for t in templates))
                              for path, templates in rule.appends)
 
@@ -227,61 +234,65 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
     if len(ordered) > 1:
         ordered.sort(key=_plan_rank)
     stage_winner: dict[str, tuple[RulePlan, Any]] = {}
+    winner_get = stage_winner.get
     shown_values: dict[str, Any] = {}  # JSON form of the values read, for this stage's trace
-    trace = res.trace
+    shown_get = shown_values.get
+    trace_append = res.trace.append
     lists = res.lists
     top = None
     for plan in ordered:
         matched_values = {}
         for p in plan.reads:
-            v = shown_values.get(p, _UNSEEN)
+            v = shown_get(p, _UNSEEN)
             if v is _UNSEEN:
                 v = shown_values[p] = json_value(get(p))
             matched_values[p] = v
-        shown: dict[str, Any] = {}
-        entry = {
-            "stage": stage,
-            "rule": plan.id,
-            "priority": plan.priority,
-            "matched": matched_values,
-            "applied": False,
-            "overridden_by": None,
-            "set": shown,
-        }
-        trace.append(entry)
         priority = plan.priority
-        needed: list[tuple[str, Any, Any]] = []  # path, value, the holder it ties with
+        overridden_by = None
+        applied = False
+        conflict: list[str] | None = None
+        shown: dict[str, Any] = {}
+        needed = []  # (path, value, the holder it ties with, JSON of a constant)
         try:
-            for path, fn in plan.outputs:
-                held = stage_winner.get(path)
+            for path, fn, constant_json in plan.outputs:
+                held = winner_get(path)
                 if held is not None and held[0].priority > priority:
                     # Overridden by a higher rule: not computed, not shown as set.
-                    if entry["overridden_by"] is None:
-                        entry["overridden_by"] = held[0].id
+                    if overridden_by is None:
+                        overridden_by = held[0].id
                     continue
-                needed.append((path, fn(ctx), held))
+                needed.append((path, fn(ctx), held, constant_json))
         except OutputError as exc:
             # A rule applies whole or not at all.
-            entry["error"] = str(exc)
             res.errors.append(f"rule {plan.id}: {exc}")
+            trace_append({"stage": stage, "rule": plan.id, "priority": priority,
+                          "matched": matched_values, "applied": False,
+                          "overridden_by": overridden_by, "set": {}, "error": str(exc)})
             continue
-        for path, value, held in needed:
+        for path, value, held, constant_json in needed:
             if held is None:
                 stage_winner[path] = (plan, value)
-                shown[path] = json_value(value)
-                entry["applied"] = True
+                shown[path] = json_value(value) if constant_json is _COMPUTED else constant_json
+                applied = True
                 continue
-            winner, winning_value = held
-            if entry["overridden_by"] is None:
-                entry["overridden_by"] = winner.id
-            if winning_value != value:  # equal priority, different value
-                entry.setdefault("conflict", []).append(path)
+            if overridden_by is None:
+                overridden_by = held[0].id
+            if held[1] != value:  # equal priority, different value
+                if conflict is None:
+                    conflict = []
+                conflict.append(path)
         for path, templates in plan.appends:
             lines = [render(ctx) for render in templates]
             lists[path].extend(lines)
             shown[path] = lines
-            entry["applied"] = True
-        if top is None and entry["applied"]:
+            applied = True
+        entry = {"stage": stage, "rule": plan.id, "priority": priority,
+                 "matched": matched_values, "applied": applied,
+                 "overridden_by": overridden_by, "set": shown}
+        if conflict is not None:
+            entry["conflict"] = conflict
+        trace_append(entry)
+        if top is None and applied:
             top = plan.id
     winners = res.winners
     for path, (plan, value) in stage_winner.items():

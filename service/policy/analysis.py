@@ -1844,8 +1844,8 @@ def _conflict(an: Analyzer, k: int, stage: str, r1: Rule, r2: Rule,
         for p in paths:
             if any(holds(h.when, ctx, an.rs) for h in higher[p]):
                 continue
-            fn1 = dict(an.plans[r1].outputs)[p]
-            fn2 = dict(an.plans[r2].outputs)[p]
+            fn1 = {o[0]: o[1] for o in an.plans[r1].outputs}[p]
+            fn2 = {o[0]: o[1] for o in an.plans[r2].outputs}[p]
             try:
                 v1, v2 = fn1(ctx), fn2(ctx)
             except OutputError:
