@@ -35,6 +35,7 @@ import ctypes.util
 import datetime
 import itertools
 import json
+import re
 from typing import Any
 
 import durable_rules_engine as dre
@@ -265,9 +266,26 @@ def _dumps(fact: dict) -> str:
 
     Non-ASCII text must reach the engine \\u-escaped, as its rules were compiled: raw
     UTF-8 in a fact never equals the same text in a rule (measured). orjson writes
-    UTF-8, so anything but ASCII goes through `json.dumps`, which escapes it."""
-    text = orjson.dumps(fact).decode()
-    return text if text.isascii() else json.dumps(fact)
+    UTF-8; in JSON text non-ASCII characters can only be inside strings, so each is
+    replaced by its escape, as `json.dumps` would write it."""
+    try:
+        text = orjson.dumps(fact).decode()
+    except orjson.JSONEncodeError:  # e.g. a lone surrogate: json.dumps escapes it
+        return json.dumps(fact, separators=(",", ":"))
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _NON_ASCII.sub(_escape, text)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7e]")  # and DEL, which json.dumps escapes too
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # outside the BMP: a UTF-16 surrogate pair, as JSON requires
+    return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
 
 
 def _encoder(kind: str) -> Any:

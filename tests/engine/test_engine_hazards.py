@@ -20,6 +20,8 @@ from pathlib import Path
 
 import durable_rules_engine as dre
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import facts as facts_mod
 from service.engine.decide import Decider
@@ -280,6 +282,18 @@ def test_non_ascii_text_matches_the_same_text_in_a_rule(tmp_path):
             assert decider.decide(facts)["outcome"]["bearer"] == bearer, loan_id
     finally:
         decider.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=40), st.integers(),
+                                                      st.booleans()), max_size=6))
+def test_stage_facts_are_written_as_json_dumps_writes_them(fact):
+    # the engine must see exactly the ASCII-escaped JSON `json.dumps` writes (see above)
+    from service.engine.runtime import _dumps
+
+    text = _dumps(fact)
+    assert text.isascii()
+    assert text == json.dumps(fact, separators=(",", ":"))
 
 
 def test_engine_facts_hold_only_ints_bools_and_short_strings(decider):
