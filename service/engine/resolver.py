@@ -150,10 +150,11 @@ def _placeholder(part: Any, rs: Ruleset):
 
 
 def _amount(value: Decimal) -> str:
-    """$1,234.56 from integer cents (Decimal.__format__ is slow on the hot path)."""
-    cents = int(value.quantize(CENT, rounding=ROUND_HALF_UP) * 100)
-    whole, frac = divmod(abs(cents), 100)
-    return f"{'-' if cents < 0 else ''}${whole:,}.{frac:02d}"
+    """$1,234.56, half-up to the cent; -$5.00 below zero."""
+    q = value.quantize(CENT, rounding=ROUND_HALF_UP)
+    if q.is_signed():
+        return "$0.00" if q.is_zero() else f"-${-q:,.2f}"
+    return f"${q:,.2f}"
 
 
 def _format(value: Any, kind: str) -> str:

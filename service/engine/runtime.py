@@ -36,6 +36,7 @@ import datetime
 import itertools
 import json
 import re
+from decimal import Decimal
 from typing import Any
 
 import durable_rules_engine as dre
@@ -131,11 +132,14 @@ class DurableMatcher:
         self.keys = compiler.keys  # path -> engine key, for tests and debugging
         # Per stage: how to build its fact from the context - only the paths its
         # rules read, each as the engine compares it (cents, day ordinals, ...).
-        self._plan: dict[str, list[tuple[str, str, Any]]] = {}
+        self._plain: dict[str, tuple[tuple[str, str], ...]] = {}  # sent as they are
+        self._encoded: dict[str, tuple[tuple[str, str, Any], ...]] = {}
         self._lookups: dict[str, list[tuple[str, dict, str, int]]] = {}
         for stage in rs.stages:
-            self._plan[stage] = [(p, compiler.key(p), _encoder(_kind(p, rs)))
-                                 for p in compiler.stage_paths(stage)]
+            plan = [(p, compiler.key(p), _encoder(_kind(p, rs)))
+                    for p in compiler.stage_paths(stage)]
+            self._plain[stage] = tuple((p, k) for p, k, enc in plan if enc is None)
+            self._encoded[stage] = tuple((p, k, enc) for p, k, enc in plan if enc is not None)
             self._lookups[stage] = [(compiler.key(f), rs.tables[t], k, scale) for f, (t, k, scale)
                                     in compiler.stage_lookups(stage).items()]
         try:
@@ -146,10 +150,14 @@ class DurableMatcher:
     def stage_fact(self, stage: str, ctx: dict, sid: str) -> dict:
         fact: dict[str, Any] = {"sid": sid, STAGE_KEY: stage}
         get = ctx.get
-        for path, k, enc in self._plan[stage]:
+        for path, k in self._plain[stage]:
             value = get(path)
             if value is not None:
-                fact[k] = value if enc is None else enc(value)
+                fact[k] = value
+        for path, k, enc in self._encoded[stage]:
+            value = get(path)
+            if value is not None:
+                fact[k] = enc(value)
         for k, table, key_path, scale in self._lookups[stage]:
             entry = table.get(get(key_path))
             if entry is not None:
@@ -288,10 +296,15 @@ def _escape(match: re.Match) -> str:
     return f"\\u{0xD800 | (code >> 10):04x}\\u{0xDC00 | (code & 0x3FF):04x}"
 
 
+def _cents(value: Any) -> Any:
+    """Money as integer cents (`compiler.encode` for money, without its dispatch)."""
+    return int(value * 100) if type(value) is Decimal else encode(value, "money")
+
+
 def _encoder(kind: str) -> Any:
     """How a value of this type travels to the engine (None: as it is)."""
     if kind in ("money", "decimal"):
-        return lambda value: encode(value, "money")
+        return _cents
     if kind == "date":
         return datetime.date.toordinal
     if kind == "int":

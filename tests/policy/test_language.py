@@ -189,3 +189,15 @@ def test_a_rule_whose_outcome_does_not_add_up_goes_to_review(tmp_path):
         assert "does not add up" in out["outcome"]["basis"]
     finally:
         decider.close()
+
+
+@pytest.mark.parametrize("value, text", [
+    ("0", "$0.00"), ("-0.00", "$0.00"), ("-0.004", "$0.00"), ("0.005", "$0.01"),
+    ("-0.005", "-$0.01"), ("12.345", "$12.35"), ("-1234.565", "-$1,234.57"),
+    ("1E+3", "$1,000.00"), ("999999999999.99", "$999,999,999,999.99"),
+    ("2000.00", "$2,000.00"), ("1234567.891", "$1,234,567.89"),
+])
+def test_amounts_in_text_are_dollars_half_up_to_the_cent(value, text):
+    from service.engine.resolver import _amount
+
+    assert _amount(Decimal(value)) == text
