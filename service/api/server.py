@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import multiprocessing
@@ -41,25 +40,11 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 
+from ..logjson import JsonLogFormatter
 from ..policy.model import Ruleset
 from .generation import SharedGeneration
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-class JsonLogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
 
 
 def _configure_worker_logging() -> None:
@@ -222,8 +207,7 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         poller as gthread does. Under steady load this skips, per request, the hand-off
         between the poller and the pool: three thread switches and the poller's work."""
         result = super().handle(conn)
-        while (KEEPALIVE_LINGER and result is True and self.alive and not conn.is_http2
-               and self._idle_pool()):
+        while result is True and self.alive and not conn.is_http2 and self._idle_pool():
             try:
                 if not conn.parser.unreader.buf.getvalue() and not select.select(
                         [conn.sock], [], [], KEEPALIVE_LINGER)[0]:
@@ -234,8 +218,8 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         return result
 
     def _idle_pool(self) -> bool:
-        queue = getattr(getattr(self, "tpool", None), "_work_queue", None)
-        return queue is not None and queue.empty()
+        """Whether no accepted request is waiting for a thread of this worker's pool."""
+        return self.tpool._work_queue.empty()
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """A request gunicorn refused before the app saw it (request line or headers

@@ -50,6 +50,7 @@ from service.audit.store import (
     StoreUnavailable,
     open_store,
 )
+from service.logjson import JsonLogFormatter
 
 log = logging.getLogger("deficiency.audit")
 
@@ -507,26 +508,6 @@ def _read_line(fd: int, timeout: float) -> bytes:
     return data
 
 
-class _JsonLines(logging.Formatter):
-    """The server's log format: one JSON object per line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import datetime
-        import json
-
-        entry = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     detach = args[:1] == ["--detach"]
@@ -546,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLines())
+    handler.setFormatter(JsonLogFormatter())
     logger = logging.getLogger("deficiency")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

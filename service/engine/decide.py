@@ -37,16 +37,6 @@ def new_decision_id() -> str:
     return "".join([_PAIRS[(value >> s) & 1023] for s in _SHIFTS])
 
 
-def flatten(facts: dict, prefix: str = "", out: dict | None = None) -> dict:
-    out = {} if out is None else out
-    for k, v in facts.items():
-        if isinstance(v, dict):
-            flatten(v, f"{prefix}{k}.", out)
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 class _Paths(dict):
     """"section" + "key" -> "section.key", made once per key (no string building per decision)."""
 
@@ -59,9 +49,17 @@ class _Paths(dict):
         return path
 
 
+class _SubPaths(dict):
+    """"section.key" -> its `_Paths`, for the objects nested in a section."""
+
+    def __missing__(self, prefix: str) -> _Paths:
+        paths = self[prefix] = _Paths(prefix)
+        return paths
+
+
 _SECTIONS = tuple((s, _Paths(s)) for s in ("loan", "collateral", "disposition", "negotiation",
                                            "borrower"))
-_SUB_PATHS: dict[str, _Paths] = {}
+_SUB_PATHS = _SubPaths()
 _AMOUNT_PATHS = _Paths("amounts")
 
 
@@ -71,9 +69,7 @@ def context(facts: dict, amounts: dict[str, Decimal]) -> dict:
     for section, paths in _SECTIONS:
         for k, v in facts[section].items():
             if type(v) is dict:
-                sub = _SUB_PATHS.get(paths[k])
-                if sub is None:
-                    sub = _SUB_PATHS.setdefault(paths[k], _Paths(paths[k]))
+                sub = _SUB_PATHS[paths[k]]
                 for k2, v2 in v.items():
                     ctx[sub[k2]] = v2
             else:
@@ -128,12 +124,7 @@ class Decider:
 
         def out(path: str) -> Any:
             value = get(path)
-            if value is None:
-                value = defaults.get(path)
-            t = type(value)
-            if t is str or value is None:
-                return value
-            return json_value(value)
+            return json_value(defaults.get(path) if value is None else value)
 
         return {
             "decision_id": new_decision_id(),

@@ -118,6 +118,15 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def start_sqlite_server(tmp_path: Path, **settings: Any) -> tuple[Path, Server]:
+    """The real server on a free loopback port with its audit log in SQLite under
+    `tmp_path`; `settings` go to `write_config`. Returns (its config file, the server)."""
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port=port,
+                          audit_url=f"sqlite:///{tmp_path}/audit/audit.db", **settings)
+    return config, Server(config, port, tmp_path / "server.log").start()
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and stops
     listening (the database is "down"), `restore()` listens again on the same port."""

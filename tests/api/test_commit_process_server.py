@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from .servers import Server, free_port, write_config
+from .servers import Server, start_sqlite_server
 from .test_durability import audit_verify, hammer
 
 
@@ -33,10 +33,7 @@ def commit_processes(server: Server) -> list[int]:
 
 
 def test_killing_the_commit_process_loses_and_fails_nothing(tmp_path: Path) -> None:
-    port = free_port()
-    config = write_config(tmp_path / "config.yaml", port=port,
-                          audit_url=f"sqlite:///{tmp_path}/audit/audit.db")
-    server = Server(config, port, tmp_path / "server.log").start()
+    config, server = start_sqlite_server(tmp_path)
     answered: list[str] = []
     statuses: list[int] = []
     stop = threading.Event()

@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from .conftest import CAR, RULES, facts
-from .servers import ROOT, Server, free_port, write_config
+from .servers import ROOT, Server, start_sqlite_server
 
 CLIENTS = 16
 
@@ -55,10 +55,7 @@ def hammer(server: Server, stop: threading.Event, answered: list[str],
 
 
 def test_sigkill_mid_stream_loses_no_answered_decision(tmp_path: Path) -> None:
-    port = free_port()
-    config = write_config(tmp_path / "config.yaml", port=port,
-                          audit_url=f"sqlite:///{tmp_path}/audit/audit.db")
-    server = Server(config, port, tmp_path / "server.log").start()
+    config, server = start_sqlite_server(tmp_path)
     answered: list[str] = []
     statuses: list[int] = []
     stop = threading.Event()
@@ -76,7 +73,7 @@ def test_sigkill_mid_stream_loses_no_answered_decision(tmp_path: Path) -> None:
     assert len(answered) >= 150, server.log()
     assert all(s == 201 for s in statuses), sorted(set(statuses))
 
-    server = Server(config, port, tmp_path / "server2.log").start()
+    server = Server(config, server.port, tmp_path / "server2.log").start()
     try:
         session = requests.Session()
         missing = [d for d in answered
@@ -94,10 +91,7 @@ def test_sigkill_mid_stream_loses_no_answered_decision(tmp_path: Path) -> None:
 
 
 def test_sigterm_finishes_in_flight_requests_and_exits_cleanly(tmp_path: Path) -> None:
-    port = free_port()
-    config = write_config(tmp_path / "config.yaml", port=port,
-                          audit_url=f"sqlite:///{tmp_path}/audit/audit.db")
-    server = Server(config, port, tmp_path / "server.log").start()
+    config, server = start_sqlite_server(tmp_path)
     answered: list[str] = []
     statuses: list[int] = []
     stop = threading.Event()
@@ -125,10 +119,7 @@ def test_a_worker_restarted_while_the_rule_files_are_broken_still_serves(
         tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
-    port = free_port()
-    config = write_config(tmp_path / "config.yaml", port=port, rules_dir=rules,
-                          audit_url=f"sqlite:///{tmp_path}/audit/audit.db")
-    server = Server(config, port, tmp_path / "server.log").start()
+    config, server = start_sqlite_server(tmp_path, rules_dir=rules)
     try:
         (rules / "bearer.yaml").write_text("rules: [oops\n")
         assert server.proc is not None
