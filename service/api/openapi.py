@@ -391,6 +391,11 @@ def _components(config: Config) -> dict[str, Any]:
                                "(4094 bytes)."),
                 ("HeadersTooLarge", "Over the HTTP server's header limits (100 fields, "
                                     "8190 bytes each)."),
+                ("ExpectationFailed", "An Expect header other than 100-continue, refused "
+                                      "before the request is routed."),
+                ("TransferCodingNotImplemented", "A Transfer-Encoding the HTTP server does "
+                                                 "not implement (other than chunked, "
+                                                 "identity, gzip, deflate, compress)."),
                 ("Unauthorized", "No valid API key (see WWW-Authenticate)."),
                 ("Forbidden", "The API key lacks the required scope."),
                 ("NotFound", "No such resource."),
@@ -430,13 +435,16 @@ def _errors(*codes: int) -> dict[str, Any]:
 def _http_refusals(paths: dict[str, Any]) -> dict[str, Any]:
     """Every operation can be refused by the HTTP server before it is routed
     (service/api/server.py `refusal`): a malformed request (400), a request line or
-    header fields over its limits (414, 431)."""
+    header fields over its limits (414, 431), an Expect header it cannot meet (417), a
+    transfer coding it does not implement (501)."""
     for item in paths.values():
         for op in item.values():
             responses = op["responses"]
             responses.setdefault("400", {"$ref": "#/components/responses/MalformedRequest"})
             responses["414"] = {"$ref": "#/components/responses/UriTooLong"}
             responses["431"] = {"$ref": "#/components/responses/HeadersTooLarge"}
+            responses["417"] = {"$ref": "#/components/responses/ExpectationFailed"}
+            responses["501"] = {"$ref": "#/components/responses/TransferCodingNotImplemented"}
     return paths
 
 

@@ -228,7 +228,7 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         error, instead of gunicorn's text/html page. The detail never repeats what
         the client sent (it may hold keys or borrower data), nor any internals."""
         status, title, detail = refusal(exc, self.cfg)
-        if status >= 500:
+        if status == 500:
             self.log.exception("Error handling request")  # gunicorn's own line
         else:
             self.log.warning("refused a malformed request: %s (%d)", type(exc).__name__,
