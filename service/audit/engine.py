@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,7 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         try:
             # busy_timeout first: switching to WAL needs a lock other openers may hold.
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor, busy_timeout)
             # FULL fsyncs the WAL on every commit: a decision answered 2xx survives
             # power loss, not just a process crash (NORMAL only promises the latter).
             cursor.execute("PRAGMA synchronous = FULL")
@@ -94,6 +96,41 @@ def _sqlite_engine(url: URL, busy_timeout: float) -> Engine:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    """Put the database in WAL mode, waiting up to `busy_timeout` for other openers.
+
+    SQLite answers "database is locked" at once, without calling the busy
+    handler, when a journal-mode change could deadlock with another connection
+    (several processes opening a new file together: gunicorn workers, the
+    commit process). So this retries by hand until the deadline.
+    """
+    deadline = time.monotonic() + busy_timeout
+    pause = 0.001
+    while True:
+        try:
+            (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
+            if mode.lower() != "wal":
+                # A change SQLite cannot make now answers the old mode, not an error.
+                (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode.lower() == "wal":
+                return
+            if time.monotonic() + pause > deadline:
+                raise sqlite3.OperationalError(
+                    f"cannot switch the audit database to WAL mode (it stays {mode!r})")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _postgresql_engine(url: URL) -> Engine:

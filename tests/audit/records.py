@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -36,10 +37,12 @@ def append_in_small_batches(url: str, worker: int, records: int, barrier) -> Non
     the migration), then append `records` records in batches of 1 to 4."""
     from service.audit.store import open_store
 
-    barrier.wait()
+    # Timeouts, so one writer's failure breaks the barrier for the others instead
+    # of leaving them waiting for ever.
+    barrier.wait(timeout=60)
     store = open_store(url)
     try:
-        barrier.wait()  # everyone migrated; now append at the same time
+        barrier.wait(timeout=60)  # everyone migrated; now append at the same time
         n = 0
         for size in [1, 2, 3, 4] * records:
             if n >= records:
@@ -55,3 +58,18 @@ def append_in_small_batches(url: str, worker: int, records: int, barrier) -> Non
 def append_one(store, n: int) -> None:
     """In a forked child: append through the store the parent opened."""
     store.append([make_record(n)])
+
+
+def join_or_kill(processes, timeout: float = 120.0) -> list[int | None]:
+    """Join `processes` within `timeout` in all; kill whatever is left (so a stuck
+    child fails its test instead of hanging pytest at exit). Returns exit codes,
+    None for a child that had to be killed."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    codes = [process.exitcode for process in processes]
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=10)
+    return codes

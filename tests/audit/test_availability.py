@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 from service.audit.engine import normalise_url
 from service.audit.store import GroupCommitter, StoreUnavailable, open_store
 from tests.audit.conftest import admin_engine
-from tests.audit.records import append_one, make_record
+from tests.audit.records import append_one, join_or_kill, make_record
 
 
 @pytest.mark.parametrize("url, driver", [
@@ -47,6 +49,51 @@ def test_sqlite_is_set_up_for_durability_and_concurrency(tmp_path):
         assert pragma("PRAGMA journal_mode").scalar() == "wal"
         assert pragma("PRAGMA synchronous").scalar() == 2  # FULL
         assert pragma("PRAGMA busy_timeout").scalar() == 10_000
+
+
+def _new_file_held_by_a_writer(path):
+    """A fresh SQLite file (still in rollback-journal mode) whose write lock another
+    connection holds, as when a second process is creating the schema."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other_process (x)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other_process VALUES (1)")
+    return writer
+
+
+def test_opening_waits_for_another_opener_holding_the_write_lock(tmp_path):
+    # SQLite refuses the switch to WAL at once ("database is locked", no busy
+    # handler) while another connection holds the write lock: worker processes
+    # opening a new audit file together failed like this until it was retried.
+    path = tmp_path / "audit.db"
+    writer = _new_file_held_by_a_writer(path)
+    release = threading.Timer(0.3, writer.execute, args=("COMMIT",))
+    release.start()
+    try:
+        started = time.monotonic()
+        with open_store(f"sqlite:///{path}", busy_timeout=5) as store:
+            waited = time.monotonic() - started
+            store.append([make_record(1)])
+            with store._engine.connect() as connection:
+                assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert store.count() == 1 and store.verify().ok
+        assert waited >= 0.25
+    finally:
+        release.join()
+        writer.close()
+
+
+def test_opening_gives_up_on_a_write_lock_held_past_the_busy_timeout(tmp_path):
+    path = tmp_path / "audit.db"
+    writer = _new_file_held_by_a_writer(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            open_store(f"sqlite:///{path}", busy_timeout=0.3)
+        assert 0.25 <= time.monotonic() - started < 5
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_the_schema_is_at_head_and_reopening_does_not_migrate_again(store_url):
@@ -125,11 +172,10 @@ def test_a_vanished_postgresql_database_is_store_unavailable(own_pg_url):
 def test_a_forked_worker_uses_its_own_connections(store):
     store.append([make_record(1)])  # the parent now holds pooled connections
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=append_one, args=(store, n)) for n in (2, 3)]
+    children = [context.Process(target=append_one, args=(store, n), daemon=True)
+                for n in (2, 3)]
     for child in children:
         child.start()
-    for child in children:
-        child.join(timeout=60)
-    assert [c.exitcode for c in children] == [0, 0]
+    assert join_or_kill(children, timeout=60) == [0, 0]
     store.append([make_record(4)])
     assert store.count() == 4 and store.verify().ok

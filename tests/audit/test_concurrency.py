@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from service.audit.store import DuplicateIdempotencyKey, GroupCommitter
-from tests.audit.records import append_in_small_batches, make_record
+from tests.audit.records import append_in_small_batches, join_or_kill, make_record
 
 PROCESSES = 4
 RECORDS_PER_PROCESS = 200
@@ -19,14 +19,12 @@ def test_processes_appending_at_once_keep_one_contiguous_chain(store_url):
     barrier = context.Barrier(PROCESSES)
     workers = [
         context.Process(target=append_in_small_batches,
-                        args=(store_url, worker, RECORDS_PER_PROCESS, barrier))
+                        args=(store_url, worker, RECORDS_PER_PROCESS, barrier), daemon=True)
         for worker in range(PROCESSES)
     ]
     for process in workers:
         process.start()
-    for process in workers:
-        process.join(timeout=120)
-    assert [p.exitcode for p in workers] == [0] * PROCESSES
+    assert join_or_kill(workers) == [0] * PROCESSES
 
     from service.audit.store import open_store
 
