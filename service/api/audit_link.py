@@ -21,6 +21,31 @@ from ..audit.store import DuplicateDecisionId, DuplicateIdempotencyKey, Prepared
 
 log = logging.getLogger("deficiency.api")
 
+#: Seconds between two log lines about failing commits (the failures in between are
+#: counted): an outage fails every request, and the log should say why, not flood.
+FAILURE_REPORT_INTERVAL = 10.0
+
+
+class _FailureReport:
+    """Log a recurring failure's cause at most once per `interval`, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._next = -float("inf")
+        self._unreported = 0
+
+    def __call__(self, cause: Exception) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._unreported += 1
+                return
+            self._next = now + self._interval
+            unreported, self._unreported = self._unreported, 0
+        since = f" ({unreported} more since the last report)" if unreported else ""
+        log.warning("audit commit failed, decisions refused with 503: %s%s", cause, since)
+
 
 class AuditLink:
     def __init__(
@@ -41,6 +66,7 @@ class AuditLink:
         self._closed = False
         self._remote: CommitClient | None = None
         self._remote_retry_at = 0.0
+        self._report_failure = _FailureReport(FAILURE_REPORT_INTERVAL)
         try:
             self._open()
         except StoreUnavailable as exc:
@@ -96,6 +122,17 @@ class AuditLink:
         return self._commit([prepare(record) for record in records])
 
     def _commit(self, records: list[PreparedRecord]) -> list[Exception | None]:
+        try:
+            outcomes = self._commit_once(records)
+        except StoreUnavailable as exc:
+            self._report_failure(exc)
+            raise
+        unavailable = next((e for e in outcomes if isinstance(e, StoreUnavailable)), None)
+        if unavailable is not None:
+            self._report_failure(unavailable)
+        return outcomes
+
+    def _commit_once(self, records: list[PreparedRecord]) -> list[Exception | None]:
         try:
             outcomes = self._commit_remotely(records)
         except CommitAnswerLost as exc:

@@ -127,3 +127,37 @@ def test_a_restarted_commit_process_is_found_again(tmp_path: Path) -> None:
     finally:
         process.stop()
     assert not process.alive()
+
+
+def test_failing_commits_are_logged_with_their_cause_but_not_once_per_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import sqlite3
+
+    import service.api.audit_link as audit_link
+    from service.audit import StoreUnavailable
+
+    monkeypatch.setattr(audit_link, "FAILURE_REPORT_INTERVAL", 0.5)
+    path = tmp_path / "audit.db"
+    with AuditLink(f"sqlite:///{path}",
+                   opener=lambda url: open_store(url, busy_timeout=0.05)) as link:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # every append now fails: "database is locked"
+        try:
+            caplog.set_level("WARNING", logger="deficiency.api")
+            for n in range(3):
+                with pytest.raises(StoreUnavailable):
+                    link.submit(make_record(n))
+            reports = [r.getMessage() for r in caplog.records]
+            assert reports == ["audit commit failed, decisions refused with 503: "
+                               "audit store unavailable: database is locked"]
+            time.sleep(0.6)
+            assert link.submit_many([make_record(3)])[0] is not None
+            reports = [r.getMessage() for r in caplog.records]
+            assert len(reports) == 2
+            assert reports[1].endswith("database is locked (2 more since the last report)")
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        link.submit(make_record(4))  # and it works again
+        assert link.store().count() == 1

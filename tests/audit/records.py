@@ -73,3 +73,34 @@ def join_or_kill(processes, timeout: float = 120.0) -> list[int | None]:
             process.kill()
             process.join(timeout=10)
     return codes
+
+
+def append_past_a_file_size_limit(url: str, limit: int, results) -> None:
+    """In a child process: append until writes fail at `limit` bytes per file
+    (RLIMIT_FSIZE: the write fails with EFBIG, an I/O error mid-write), then lift the
+    limit and append again. Puts (appended, refused, causes, appended after) on
+    `results`."""
+    import resource
+    import signal
+
+    from service.audit.store import StoreUnavailable, open_store
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    store = open_store(url)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    appended, refused, causes = 0, 0, set()
+    for n in range(400):
+        try:
+            store.append([make_record(n, loan_id="limited")])
+            appended += 1
+        except StoreUnavailable as exc:
+            refused += 1
+            causes.add(str(exc))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    after = 0
+    for n in range(400, 420):
+        store.append([make_record(n, loan_id="after")])
+        after += 1
+    store.close()
+    results.put((appended, refused, sorted(causes), after))

@@ -13,7 +13,12 @@ import sqlalchemy as sa
 from service.audit.engine import normalise_url
 from service.audit.store import GroupCommitter, StoreUnavailable, open_store
 from tests.audit.conftest import admin_engine
-from tests.audit.records import append_one, join_or_kill, make_record
+from tests.audit.records import (
+    append_one,
+    append_past_a_file_size_limit,
+    join_or_kill,
+    make_record,
+)
 
 
 @pytest.mark.parametrize("url, driver", [
@@ -94,6 +99,27 @@ def test_opening_gives_up_on_a_write_lock_held_past_the_busy_timeout(tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_an_io_error_in_the_middle_of_a_write_refuses_it_and_leaves_nothing_behind(tmp_path):
+    # The database and its WAL may not grow past 200 kB: writes beyond fail (EFBIG).
+    url = f"sqlite:///{tmp_path}/audit.db"
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=append_past_a_file_size_limit,
+                            args=(url, 200_000, results), daemon=True)
+    child.start()
+    assert join_or_kill([child], timeout=120) == [0]
+    appended, refused, causes, after = results.get(timeout=10)
+    assert appended > 0 and refused > 0 and after == 20
+    assert causes == ["audit store unavailable: disk I/O error"]
+    with open_store(url) as store:
+        # Exactly the appends that returned: none of the refused ones, none half-written.
+        assert store.count() == appended + after
+        assert [r["loan_id"] for r in store.iter_records()] == \
+            ["limited"] * appended + ["after"] * after
+        result = store.verify()
+        assert result.ok and result.checked == appended + after
 
 
 def test_the_schema_is_at_head_and_reopening_does_not_migrate_again(store_url):

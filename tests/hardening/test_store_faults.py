@@ -22,7 +22,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,3 +270,86 @@ def test_sqlite_under_multi_worker_contention_never_locks(
         f"{sum(o.key is not None for o in outcomes)} with an Idempotency-Key), "
         f"{sum(load.reads.values())} read back, 0 errors, no 'database is locked'; "
         f"{verify.stdout.strip()}")
+
+
+# ------------------------------------------------------------------ SQLite, disk full
+
+#: The audit log's file system: small enough to fill within seconds, then grown.
+FULL_DISK, ROOMY_DISK = "2m", "64m"
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Callable[[str], None]]:
+    """A tmpfs of `size` mounted at `path` (a real file system that runs out of space:
+    writes fail with ENOSPC); yields a function that resizes it. Always unmounted."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700",
+                              "tmpfs", str(path)], capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"needs to mount a small tmpfs (root): {mounted.stderr.strip()}")
+
+    def resize(new_size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={new_size}", str(path)], check=True,
+                       capture_output=True, timeout=30)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, timeout=30)
+
+
+def test_sqlite_disk_full_refuses_then_recovers_when_space_returns(
+        tmp_path: Path, figures: Figures) -> None:
+    disk = tmp_path / "disk"
+    url = f"sqlite:///{disk}/audit.db"
+    with small_disk(disk, FULL_DISK) as resize:
+        live = _start(tmp_path, audit_url=url)
+        load = Load(live.base, prefix="full", clients=8, key_every=4)
+        try:
+            with load:
+                deadline = time.monotonic() + 120
+                while not any(not o.ok for o in list(load.outcomes)):
+                    assert time.monotonic() < deadline, (
+                        f"{FULL_DISK} never filled: {load.statuses()}")
+                    time.sleep(0.05)
+                full = time.monotonic()
+                time.sleep(2)  # the disk stays full for a while under the load
+                ready_while_full = _readyz(live)
+                resize(ROOMY_DISK)
+                freed = time.monotonic()
+                deadline = freed + RECOVERY_LIMIT + 15
+                while True:
+                    outcomes = list(load.outcomes)
+                    last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
+                    if sum(o.ok and o.started > max(last_refusal, freed)
+                           for o in outcomes) >= 200:
+                        break
+                    assert time.monotonic() < deadline, (
+                        f"not recovered {deadline - freed:.0f}s after the disk grew: "
+                        f"{load.statuses()}")
+                    time.sleep(0.05)
+            outcomes = list(load.outcomes)
+            odd = [(o.status, o.problem_type, o.error) for o in outcomes
+                   if not o.ok and not _is_refusal(o)]
+            assert odd == [], odd[:5]  # only 201 or 503 store-unavailable; none unanswered
+            refused = [o for o in outcomes if not o.ok]
+            full_refusals = [o for o in refused if o.started >= full and o.ended <= freed]
+            assert full_refusals, "nothing was refused while the disk was full"
+            assert last_refusal - freed < RECOVERY_LIMIT, last_refusal - freed
+            stored = check_recorded(url, outcomes, "full")
+            # A write that ran out of space left nothing behind: refused means not recorded.
+            assert stored.rows == len(outcomes) - len(refused)
+            verify = audit_verify(live.config)
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            log = live.log()
+            assert "database or disk is full" in log  # the cause, said once per failure
+            _finish(live, "sqlite-disk-full")
+        finally:
+            live.server.kill()
+    statuses = Counter(o.status for o in outcomes)
+    figures.add(
+        f"sqlite disk full ({FULL_DISK} tmpfs, 8 clients): {stored.rows} decisions "
+        f"recorded, {len(refused)} refused with 503 ({len(full_refusals)} in the 2 s the "
+        f"disk stayed full; /readyz {ready_while_full} then), last refusal "
+        f"{last_refusal - freed:+.2f} s after the disk grew to {ROOMY_DISK}, "
+        f"{statuses[201]} 201 in all; nothing refused was recorded; {verify.stdout.strip()}")
