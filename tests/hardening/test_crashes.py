@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -147,6 +148,101 @@ def _kill_worker(live: Live, load: Load, victim: int) -> Kill:
     load.wait_for_answers(len(load.answered()) + 600, 120)
     kill.cpu_used = _cpu_seconds(kill.replacement) - cpu_before
     return kill
+
+
+# ------------------------------------------------------------------ a batch cut off
+
+BATCH_ITEMS = 5
+
+
+@dataclass
+class Batch:
+    loan_ids: list[str]
+    started: float
+    status: int | None = None
+    results: list[dict[str, Any]] | None = None
+    error: str | None = None
+
+
+def _post_batches(base: str, prefix: str, stop: threading.Event, batches: list[Batch]) -> None:
+    session = requests.Session()
+    headers = {"Content-Type": "application/json", **auth("decider")}
+    i = 0
+    while not stop.is_set():
+        i += 1
+        batch = Batch([f"{prefix}-{i}-{j}" for j in range(BATCH_ITEMS)], time.monotonic())
+        body = json.dumps({"items": [facts(CAR, loan__id=loan_id)
+                                     for loan_id in batch.loan_ids]})
+        try:
+            response = session.post(base + "/v1/decisions/batch", data=body, timeout=30,
+                                    headers=headers)
+            batch.status = response.status_code
+            if response.status_code == 200:
+                batch.results = response.json()["results"]
+        except requests.RequestException as exc:
+            batch.error = f"{type(exc).__name__}: {exc}"
+            session.close()
+            session = requests.Session()
+        batches.append(batch)
+
+
+def test_a_worker_killed_in_the_middle_of_batches_records_each_whole_or_not_at_all(
+        tmp_path: Path, figures: Figures) -> None:
+    url = _sqlite_url(tmp_path)
+    live = _start(tmp_path)
+    load = Load(live.base, prefix=f"bkill-{uuid.uuid4().hex[:8]}", clients=4)
+    stop = threading.Event()
+    batches: list[list[Batch]] = [[] for _ in range(8)]
+    posters = [threading.Thread(target=_post_batches, daemon=True,
+                                args=(live.base, f"{load.prefix}-b{n}", stop, batches[n]))
+               for n in range(len(batches))]
+    try:
+        with load:
+            for poster in posters:
+                poster.start()
+            load.wait_for_answers(100, 60)
+            [victim] = sorted(live.boot_workers)[:1]
+            kill = _kill_worker(live, load, victim)
+            stop.set()
+            for poster in posters:
+                poster.join(40)
+            assert not any(poster.is_alive() for poster in posters)
+        all_batches = [b for client in batches for b in client]
+        assert {b.status for b in all_batches} <= {200, None}, Counter(
+            b.status for b in all_batches)
+        cut_off = [b for b in all_batches if b.status is None]
+        assert all(kill.killed - 35 < b.started < kill.killed + 0.5 for b in cut_off)
+        stored = read_store(url)
+        partial = []
+        for batch in all_batches:
+            recorded = [stored.loan_ids[loan_id] for loan_id in batch.loan_ids]
+            if batch.results is not None:
+                assert [r["status"] for r in batch.results] == [201] * BATCH_ITEMS
+                for loan_id, result in zip(batch.loan_ids, batch.results, strict=True):
+                    record = stored.by_decision[result["decision"]["decision_id"]]
+                    assert record["loan_id"] == loan_id
+            elif recorded not in ([0] * BATCH_ITEMS, [1] * BATCH_ITEMS):
+                partial.append((batch.loan_ids, recorded))
+            assert set(recorded) <= {0, 1}, (batch.loan_ids, recorded)
+        # One transaction per batch: a batch cut off by the kill is all in the log or
+        # none of it, never some of its items.
+        assert partial == []
+        cut_recorded = sum(stored.loan_ids[b.loan_ids[0]] for b in cut_off)
+        check_recorded(url, list(load.outcomes), load.prefix)
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert int(verify.stdout.split()[1]) == stored.rows
+        live.boot_workers = (live.boot_workers - {victim}) | {kill.replacement}
+        _finish(live, "worker-killed-batches")
+    finally:
+        stop.set()
+        live.server.kill()
+    answered = sum(b.status == 200 for b in all_batches)
+    figures.add(
+        f"worker SIGKILLed among batches (8 clients posting batches of {BATCH_ITEMS}, 4 "
+        f"posting singles): {answered} batches answered, {len(cut_off)} cut off "
+        f"({cut_recorded} of them recorded whole, the rest not at all, none partly); "
+        f"{stored.rows} records, {verify.stdout.strip()}")
 
 
 # ------------------------------------------------------------------ idempotent retries
