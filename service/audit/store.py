@@ -386,8 +386,10 @@ class AuditStore:
                      check: bool) -> list[Exception | None]:
         sql = self._sql
         sqlite = sql.sqlite
+        written: dict[str, str] = {}  # decision id -> hash, of the rows inserted
 
         def write(connection: Any) -> list[Exception | None]:
+            written.clear()
             cursor = connection.cursor()
             try:
                 if sqlite:
@@ -415,6 +417,7 @@ class AuditStore:
                         continue
                     seq += 1
                     record_hash = content_hash(item.content, seq, prev_hash)
+                    written[item.decision_id] = record_hash
                     rows.append((seq, item.sqlite_time if sqlite else item.recorded_at,
                                  *item.row, prev_hash, record_hash))
                     prev_hash = record_hash
@@ -428,8 +431,26 @@ class AuditStore:
             finally:
                 cursor.close()
 
+        def landed(connection: Any) -> bool | None:
+            """Whether the rows `write` inserted are in the log (True), none of them
+            (False), or only some (None: cannot be, one transaction)."""
+            if not written:
+                return False
+            cursor = connection.cursor()
+            try:
+                ids = list(written)
+                found = 0
+                for start in range(0, len(ids), _ROWS_PER_INSERT):
+                    chunk = ids[start:start + _ROWS_PER_INSERT]
+                    cursor.execute(sql.landed(len(chunk)), chunk)
+                    # Our rows, not another's with the same id: the hash covers the seq.
+                    found += sum(written.get(d) == h for d, h in cursor.fetchall())
+            finally:
+                cursor.close()
+            return True if found == len(ids) else False if found == 0 else None
+
         try:
-            return self._writer.run(write)
+            return self._writer.run(write, landed)
         except WriterUnavailable as exc:
             raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
 

@@ -83,6 +83,11 @@ class Statements:
                 self._inserts[rows] = statement
         return statement
 
+    def landed(self, ids: int) -> str:
+        """The hashes recorded under `ids` decision ids."""
+        return (f"SELECT decision_id, hash FROM {self._records} "
+                f"WHERE decision_id IN ({', '.join([self.mark] * ids)})")
+
     def conflicts(self, ids: int, keys: int) -> str:
         """Which of `ids` decision ids or `keys` idempotency keys are taken."""
         sql = (f"SELECT decision_id, idempotency_key FROM {self._records} "
@@ -228,7 +233,8 @@ class Writer:
 
     # -- the connection --------------------------------------------------------------
 
-    def run(self, transaction: Callable[[Any], T]) -> T:
+    def run(self, transaction: Callable[[Any], T],
+            landed: Callable[[Any], bool | None] | None = None) -> T:
         """Call `transaction(dbapi_connection)` holding the turn; commit on return,
         roll back on error. Operational failures (server gone, lock timeout, disk
         full) drop the connection and raise WriterUnavailable; anything else (a
@@ -237,6 +243,12 @@ class Writer:
         A kept connection found dead by the transaction (the server restarted or
         killed it while it sat idle) is replaced and the transaction run again,
         once: it failed before COMMIT was sent, so nothing of it was written.
+
+        A failure once COMMIT was sent leaves the outcome unknown (the connection
+        may have died after the database committed, before it said so). Then
+        `landed(dbapi_connection)`, on a fresh connection and still holding the
+        turn, tells: True, the transaction's records are there and its result is
+        returned; otherwise (False, None, or no answer) WriterUnavailable.
         """
         with self.turn():
             if self._closed:
@@ -258,19 +270,48 @@ class Writer:
                     with self._pipeline(connection):
                         result = transaction(connection)
                         committing = True
-                        connection.commit()
+                        self._send_commit(connection)
                 except (self._dbapi.OperationalError, self._dbapi.InterfaceError) as exc:
                     dead = self._engine.dialect.is_disconnect(exc, connection, None)
                     self._drop()
                     if dead and not committing and not fresh and attempt == 1:
                         log.info("audit write connection was closed; reconnecting")
                         continue
+                    if committing and landed is not None and self._landed(landed, exc):
+                        return result
                     raise WriterUnavailable(_one_line(exc)) from exc
                 except BaseException:
                     self._rollback()
                     raise
                 return result
             raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _send_commit(connection: Any) -> None:
+        connection.commit()
+
+    def _landed(self, landed: Callable[[Any], bool | None], failure: Exception) -> bool:
+        """Whether a transaction whose COMMIT failed is committed after all."""
+        try:
+            pooled = self._engine.raw_connection()
+        except (self._dbapi.Error, sa.exc.DBAPIError) as exc:
+            log.warning("audit commit failed (%s) and the database cannot be asked whether "
+                        "it committed (%s)", _one_line(failure), _one_line(exc))
+            return False
+        try:
+            connection = pooled.driver_connection
+            verdict = landed(connection)
+            connection.rollback()
+        except self._dbapi.Error as exc:
+            pooled.invalidate()
+            log.warning("audit commit failed (%s) and the database cannot be asked whether "
+                        "it committed (%s)", _one_line(failure), _one_line(exc))
+            return False
+        pooled.close()
+        if verdict:
+            log.warning("audit commit acknowledgement lost (%s), but the records are "
+                        "committed", _one_line(failure))
+        return bool(verdict)
 
     def _pipeline(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
         if self.statements.sqlite or not hasattr(connection, "pipeline"):

@@ -122,6 +122,64 @@ def test_an_io_error_in_the_middle_of_a_write_refuses_it_and_leaves_nothing_behi
         assert result.ok and result.checked == appended + after
 
 
+def _commit_then_lose_the_answer(store, monkeypatch, *, commits: bool, then=None) -> list[int]:
+    """Make the store's next COMMIT fail as a connection dropped at that moment would:
+    after the database committed (`commits`) or before. `then` runs after it."""
+    writer = store._writer
+    calls: list[int] = []
+
+    def send_commit(connection):
+        calls.append(1)
+        monkeypatch.setattr(writer, "_send_commit", lambda c: c.commit())  # once only
+        if commits:
+            connection.commit()
+        else:
+            connection.rollback()
+        if then is not None:
+            then()
+        raise writer._dbapi.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(writer, "_send_commit", send_commit)
+    return calls
+
+
+def test_a_commit_whose_acknowledgement_is_lost_is_found_committed(
+        store, monkeypatch, caplog):
+    store.append([make_record(1)])
+    calls = _commit_then_lose_the_answer(store, monkeypatch, commits=True)
+    store.append([make_record(2, key="k2"), make_record(3)])  # no error: it is recorded
+    assert calls == [1]
+    assert "acknowledgement lost" in caplog.text and "records are committed" in caplog.text
+    store.append([make_record(4)])
+    assert store.count() == 4 and store.verify().ok
+    assert store.find_by_idempotency_key("k2") is not None
+
+
+def test_a_commit_that_failed_before_committing_is_unavailable(store, monkeypatch):
+    store.append([make_record(1)])
+    calls = _commit_then_lose_the_answer(store, monkeypatch, commits=False)
+    with pytest.raises(StoreUnavailable, match="server closed the connection"):
+        store.append([make_record(2)])
+    assert calls == [1]
+    store.append([make_record(3)])
+    assert store.count() == 2 and store.verify().ok
+
+
+def test_a_lost_acknowledgement_that_cannot_be_checked_is_unavailable(store, monkeypatch):
+    # The conservative answer: 503, though the record may be (here: is) in the log;
+    # a retry with the same Idempotency-Key then finds it.
+    def database_gone():
+        def refuse():
+            raise store._writer._dbapi.OperationalError("connection refused")
+        monkeypatch.setattr(store._writer._engine, "raw_connection", refuse)
+
+    _commit_then_lose_the_answer(store, monkeypatch, commits=True, then=database_gone)
+    with pytest.raises(StoreUnavailable):
+        store.append([make_record(1, key="k1")])
+    monkeypatch.undo()
+    assert store.count() == 1 and store.find_by_idempotency_key("k1") is not None
+
+
 def test_the_schema_is_at_head_and_reopening_does_not_migrate_again(store_url):
     for _ in range(2):
         with open_store(store_url) as store, store._engine.connect() as connection:
