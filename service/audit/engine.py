@@ -104,33 +104,29 @@ def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
     SQLite answers "database is locked" at once, without calling the busy
     handler, when a journal-mode change could deadlock with another connection
     (several processes opening a new file together: gunicorn workers, the
-    commit process). So this retries by hand until the deadline.
+    commit process), and answers the old mode for a change it declines. So this
+    retries by hand until the deadline.
     """
     deadline = time.monotonic() + busy_timeout
     pause = 0.001
     while True:
+        failure: Exception | None = None
         try:
             (mode,) = cursor.execute("PRAGMA journal_mode").fetchone()
             if mode.lower() != "wal":
-                # A change SQLite cannot make now answers the old mode, not an error.
                 (mode,) = cursor.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            failure = exc
+        else:
             if mode.lower() == "wal":
                 return
-            if time.monotonic() + pause > deadline:
-                raise sqlite3.OperationalError(
-                    f"cannot switch the audit database to WAL mode (it stays {mode!r})")
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() + pause > deadline:
-                raise
+        if time.monotonic() + pause > deadline:
+            raise failure or sqlite3.OperationalError(
+                f"cannot switch the audit database to WAL mode (it stays {mode!r})")
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _postgresql_engine(url: URL) -> Engine:

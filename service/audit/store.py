@@ -431,9 +431,8 @@ class AuditStore:
             finally:
                 cursor.close()
 
-        def landed(connection: Any) -> bool | None:
-            """Whether the rows `write` inserted are in the log (True), none of them
-            (False), or only some (None: cannot be, one transaction)."""
+        def landed(connection: Any) -> bool:
+            """Whether the rows `write` inserted are all in the log."""
             if not written:
                 return False
             cursor = connection.cursor()
@@ -447,7 +446,7 @@ class AuditStore:
                     found += sum(written.get(d) == h for d, h in cursor.fetchall())
             finally:
                 cursor.close()
-            return True if found == len(ids) else False if found == 0 else None
+            return found == len(ids)
 
         try:
             return self._writer.run(write, landed)

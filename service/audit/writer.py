@@ -234,7 +234,7 @@ class Writer:
     # -- the connection --------------------------------------------------------------
 
     def run(self, transaction: Callable[[Any], T],
-            landed: Callable[[Any], bool | None] | None = None) -> T:
+            landed: Callable[[Any], bool] | None = None) -> T:
         """Call `transaction(dbapi_connection)` holding the turn; commit on return,
         roll back on error. Operational failures (server gone, lock timeout, disk
         full) drop the connection and raise WriterUnavailable; anything else (a
@@ -248,7 +248,7 @@ class Writer:
         may have died after the database committed, before it said so). Then
         `landed(dbapi_connection)`, on a fresh connection and still holding the
         turn, tells: True, the transaction's records are there and its result is
-        returned; otherwise (False, None, or no answer) WriterUnavailable.
+        returned; otherwise (False, or no answer) WriterUnavailable.
         """
         with self.turn():
             if self._closed:
@@ -290,20 +290,17 @@ class Writer:
     def _send_commit(connection: Any) -> None:
         connection.commit()
 
-    def _landed(self, landed: Callable[[Any], bool | None], failure: Exception) -> bool:
+    def _landed(self, landed: Callable[[Any], bool], failure: Exception) -> bool:
         """Whether a transaction whose COMMIT failed is committed after all."""
         try:
             pooled = self._engine.raw_connection()
+            try:
+                verdict = landed(pooled.driver_connection)
+                pooled.driver_connection.rollback()
+            except BaseException:
+                pooled.invalidate()
+                raise
         except (self._dbapi.Error, sa.exc.DBAPIError) as exc:
-            log.warning("audit commit failed (%s) and the database cannot be asked whether "
-                        "it committed (%s)", _one_line(failure), _one_line(exc))
-            return False
-        try:
-            connection = pooled.driver_connection
-            verdict = landed(connection)
-            connection.rollback()
-        except self._dbapi.Error as exc:
-            pooled.invalidate()
             log.warning("audit commit failed (%s) and the database cannot be asked whether "
                         "it committed (%s)", _one_line(failure), _one_line(exc))
             return False
@@ -311,7 +308,7 @@ class Writer:
         if verdict:
             log.warning("audit commit acknowledgement lost (%s), but the records are "
                         "committed", _one_line(failure))
-        return bool(verdict)
+        return verdict
 
     def _pipeline(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
         if self.statements.sqlite or not hasattr(connection, "pipeline"):
