@@ -68,6 +68,7 @@ class RulesConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     url: str = "sqlite:///data/audit.db"
+    timeout: int = 10
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,7 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_log": _bool,
     },
     "rules": {"dir": _rules_dir},
-    "audit": {"url": _audit_url},
+    "audit": {"url": _audit_url, "timeout": _int(1, 600)},
     "limits": {
         "max_body_bytes": _int(1024, 64 * 1024 * 1024),
         "max_batch_items": _int(1, 10_000),

@@ -9,6 +9,7 @@ as many independent apps as they like and each gunicorn worker builds its own
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -75,7 +76,7 @@ def create_app(
     *,
     generation: Generation | None = None,
     access_log_stream: TextIO | None = None,
-    audit_opener: Callable[[str], AuditStore] = open_store,
+    audit_opener: Callable[[str], AuditStore] | None = None,
     fallback_ruleset: Ruleset | None = None,
     watch_interval: float | None = None,
 ) -> Flask:
@@ -105,7 +106,8 @@ def create_app(
         config.rules.dir, generation, fallback=fallback_ruleset, observer=metrics,
         watch_interval=generation.watch_interval if watch_interval is None else watch_interval)
     try:
-        audit = AuditLink(config.audit.url, opener=audit_opener)
+        audit = AuditLink(config.audit.url, opener=audit_opener or functools.partial(
+            open_store, busy_timeout=config.audit.timeout))
     except BaseException:
         rulesets.close()
         raise

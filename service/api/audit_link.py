@@ -25,6 +25,12 @@ log = logging.getLogger("deficiency.api")
 #: counted): an outage fails every request, and the log should say why, not flood.
 FAILURE_REPORT_INTERVAL = 10.0
 
+#: Seconds a failed commit keeps readiness failing when no commit has succeeded since.
+#: A database can answer a ping and still refuse every write (disk full, read-only):
+#: readiness then says so, so that a load balancer sends decisions elsewhere. With no
+#: decisions to try, readiness returns after this long, and the next ones tell again.
+WRITE_FAILURE_MEMORY = 5.0
+
 
 class _FailureReport:
     """Log a recurring failure's cause at most once per `interval`, counting the rest."""
@@ -67,6 +73,7 @@ class AuditLink:
         self._remote: CommitClient | None = None
         self._remote_retry_at = 0.0
         self._report_failure = _FailureReport(FAILURE_REPORT_INTERVAL)
+        self._write_failure: tuple[float, str] | None = None  # (when, why), since a success
         try:
             self._open()
         except StoreUnavailable as exc:
@@ -125,12 +132,18 @@ class AuditLink:
         try:
             outcomes = self._commit_once(records)
         except StoreUnavailable as exc:
-            self._report_failure(exc)
+            self._failed(exc)
             raise
         unavailable = next((e for e in outcomes if isinstance(e, StoreUnavailable)), None)
         if unavailable is not None:
-            self._report_failure(unavailable)
+            self._failed(unavailable)
+        elif self._write_failure is not None:
+            self._write_failure = None
         return outcomes
+
+    def _failed(self, cause: StoreUnavailable) -> None:
+        self._write_failure = (time.monotonic(), str(cause))
+        self._report_failure(cause)
 
     def _commit_once(self, records: list[PreparedRecord]) -> list[Exception | None]:
         try:
@@ -186,13 +199,17 @@ class AuditLink:
         return self.store().append_each(records)
 
     def unavailable_reason(self) -> str | None:
-        """None when the store answers, else why not."""
+        """None when the store answers and the last commit (if one failed within
+        WRITE_FAILURE_MEMORY seconds) did not fail; else why not."""
         try:
             store = self.store()
         except StoreUnavailable as exc:
             return str(exc)
         if not store.ping():
             return "audit store unavailable: the database does not answer"
+        failure = self._write_failure
+        if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_MEMORY:
+            return f"the last decision could not be recorded ({failure[1]})"
         return None
 
     def close(self) -> None:

@@ -328,10 +328,12 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
 
         log = logging.getLogger("deficiency.api")
         try:
-            url = load_config(self._config_path).audit.url
+            audit = load_config(self._config_path).audit
+            url = audit.url
             if sys.platform != "linux":  # no abstract socket namespace: a private directory
                 self._commit_dir = tempfile.mkdtemp(prefix="deficiency-audit-")
-            self._commit_process = CommitProcess(url, self._commit_dir, supervise=True)
+            self._commit_process = CommitProcess(url, self._commit_dir, supervise=True,
+                                                 timeout=audit.timeout)
         except Exception as exc:
             log.warning("audit commit process not started (%s); each worker commits "
                         "for itself", exc)
@@ -361,9 +363,10 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         svc = app.extensions.get("deficiency")
         if self.commit_socket is not None and svc is not None \
                 and svc.config.audit.url == self.commit_url:
-            from ..audit.commit_process import CommitClient
+            from ..audit.commit_process import CommitClient, answer_timeout
 
-            svc.audit.use_commit_process(CommitClient(self.commit_socket))
+            svc.audit.use_commit_process(CommitClient(
+                self.commit_socket, timeout=answer_timeout(svc.config.audit.timeout)))
         return app
 
 

@@ -28,6 +28,7 @@ mid-request answers 503, as for any commit whose outcome is unknown.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import pickle
@@ -131,6 +132,14 @@ def _error(verdict: tuple[Any, ...] | None) -> Exception | None:
 
 
 # ------------------------------------------------------------------ worker side
+
+
+def answer_timeout(store_timeout: float) -> float:
+    """How long a worker waits for the commit process's answer before it gives up on it
+    (and commits itself): the process may spend `store_timeout` on the transaction and
+    as long again asking whether a lost COMMIT landed, and a request can queue behind
+    another group doing the same."""
+    return max(30.0, 4 * store_timeout)
 
 
 class CommitClient:
@@ -367,10 +376,12 @@ class CommitProcess:
     RESTART_DELAY = 1.0
 
     def __init__(self, url: str, directory: str | None = None, *,
-                 start_timeout: float = 30.0, supervise: bool = False) -> None:
+                 start_timeout: float = 30.0, supervise: bool = False,
+                 timeout: int = 10) -> None:
         import secrets
 
         self.url = url
+        self.timeout = timeout
         if directory is None:
             # Linux's abstract namespace: nothing in the file system to clean up after a
             # kill; connections from other users are refused by their credentials.
@@ -398,7 +409,7 @@ class CommitProcess:
         try:
             launcher = subprocess.Popen(
                 [sys.executable, "-m", "service.audit.commit_process", "--detach",
-                 self.path.replace("\0", "@", 1), self.url],
+                 "--timeout", str(self.timeout), self.path.replace("\0", "@", 1), self.url],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(life_write,))
         except BaseException:
             os.close(life_read)
@@ -513,9 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     detach = args[:1] == ["--detach"]
     if detach:
         args = args[1:]
+    timeout = 10
+    if args[:1] == ["--timeout"] and len(args) > 1 and args[1].isdigit() and int(args[1]) > 0:
+        timeout, args = int(args[1]), args[2:]
     if len(args) != 2:
-        print("usage: python -m service.audit.commit_process [--detach] SOCKET_PATH AUDIT_URL",
-              file=sys.stderr)
+        print("usage: python -m service.audit.commit_process [--detach] [--timeout SECONDS] "
+              "SOCKET_PATH AUDIT_URL", file=sys.stderr)
         return 2
     path, url = args
     in_file_system = not path.startswith("@")  # @name: an abstract socket (Linux)
@@ -540,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if detach and os.fork() != 0:
         os._exit(0)  # the intermediate: its child carries on, adopted by init
     os.write(sys.stdout.fileno(), READY + f" {os.getpid()}\n".encode())
-    server = CommitServer(listener, url, control_fd=sys.stdin.fileno())
+    server = CommitServer(listener, url, control_fd=sys.stdin.fileno(),
+                          opener=functools.partial(open_store, busy_timeout=timeout))
     try:
         server.serve_forever()
     finally:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
 from service.audit.chain import canonical_json
+from service.audit.deadline import deadlines_for
 
 # Execution option naming the SQLite BEGIN flavour for a connection's transaction.
 SQLITE_BEGIN = "audit_sqlite_begin"
@@ -42,8 +43,9 @@ def create_audit_engine(url: str, *, busy_timeout: float = 10.0) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         engine = _sqlite_engine(parsed, busy_timeout)
     else:
-        engine = _postgresql_engine(parsed)
+        engine = _postgresql_engine(parsed, busy_timeout)
     _forget_connections_in_forked_children(engine)
+    deadlines_for(engine)  # before the first connection: it must see every one
     return engine
 
 
@@ -129,14 +131,16 @@ def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
         pause = min(pause * 2, 0.05)
 
 
-def _postgresql_engine(url: URL) -> Engine:
+def _postgresql_engine(url: URL, busy_timeout: float) -> Engine:
     connect_args: dict[str, Any] = {"application_name": "deficiency-audit"}
     if "connect_timeout" not in url.query:
-        connect_args["connect_timeout"] = 5
+        # Whole seconds; libpq treats 1 as 2.
+        connect_args["connect_timeout"] = max(2, min(5, round(busy_timeout)))
     if "options" not in url.query:
         # An append stuck behind a wedged chain-head lock should fail (503) rather
-        # than hang its request thread forever.
-        connect_args["options"] = "-c lock_timeout=10000"
+        # than hang its request thread forever. (A server that stops answering at
+        # all is cut off by the store's deadlines: service.audit.deadline.)
+        connect_args["options"] = f"-c lock_timeout={max(1, int(busy_timeout * 1000))}"
     return sa.create_engine(
         url,
         connect_args=connect_args,

@@ -282,7 +282,9 @@ class AuditStore:
 
     def __init__(self, engine: Engine, *, busy_timeout: float = 10.0) -> None:
         self._engine = engine
+        self._busy_timeout = busy_timeout
         self._writer = Writer(engine, timeout=busy_timeout)
+        self._deadlines = self._writer.deadlines
         self._sql = self._writer.statements
         self._integrity_error: type[Exception] = engine.dialect.loaded_dbapi.IntegrityError
         self._counter_lock = threading.Lock()
@@ -482,6 +484,21 @@ class AuditStore:
 
     # -- reading ---------------------------------------------------------------------
 
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A connection for one short read; StoreUnavailable when the database is not
+        there or does not answer within the busy timeout."""
+        with self._deadlines.bounded(self._busy_timeout) as watch:
+            try:
+                with _operational_errors(), self._engine.connect() as connection:
+                    yield connection
+            except StoreUnavailable as exc:
+                if watch.expired:
+                    raise StoreUnavailable(
+                        f"audit store unavailable: the audit database did not answer "
+                        f"within {watch.seconds:g} s") from exc
+                raise
+
     def get(self, decision_id: str) -> dict[str, Any] | None:
         return self._one(_records.c.decision_id == decision_id)
 
@@ -489,7 +506,7 @@ class AuditStore:
         return self._one(_records.c.idempotency_key == key)
 
     def _one(self, condition: sa.ColumnElement[bool]) -> dict[str, Any] | None:
-        with _operational_errors(), self._engine.connect() as connection:
+        with self._read() as connection:
             row = connection.execute(sa.select(_records).where(condition)).mappings().first()
         return None if row is None else _record_dict(row)
 
@@ -516,7 +533,7 @@ class AuditStore:
         if cursor is not None:
             statement = statement.where(_records.c.seq < _decode_cursor(cursor))
         statement = statement.order_by(_records.c.seq.desc()).limit(limit + 1)
-        with _operational_errors(), self._engine.connect() as connection:
+        with self._read() as connection:
             rows = connection.execute(statement).mappings().all()
         page = [_record_dict(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
@@ -552,7 +569,7 @@ class AuditStore:
                 .order_by(_records.c.seq)
                 .limit(batch)
             )
-            with _operational_errors(), self._engine.connect() as connection:
+            with self._read() as connection:
                 rows = connection.execute(statement).mappings().all()
             if not rows:
                 return
@@ -561,11 +578,11 @@ class AuditStore:
             last = rows[-1]["seq"]
 
     def _last_seq(self) -> int:
-        with _operational_errors(), self._engine.connect() as connection:
+        with self._read() as connection:
             return connection.execute(sa.select(sa.func.max(_records.c.seq))).scalar() or 0
 
     def count(self) -> int:
-        with _operational_errors(), self._engine.connect() as connection:
+        with self._read() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(_records)).scalar()
 
     # -- verifying -------------------------------------------------------------------
@@ -631,15 +648,18 @@ class AuditStore:
     # -- health ----------------------------------------------------------------------
 
     def ping(self) -> bool:
-        try:
-            with self._engine.connect() as connection:
-                connection.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError:
-            return False
+        """Whether the database answers (within the busy timeout: a probe must not hang)."""
+        with self._deadlines.bounded(self._busy_timeout):
+            try:
+                with self._engine.connect() as connection:
+                    connection.execute(sa.text("SELECT 1"))
+            except sa.exc.SQLAlchemyError:
+                return False
         return True
 
     def close(self) -> None:
         self._writer.close()
+        self._deadlines.stop()
         self._engine.dispose()
 
 

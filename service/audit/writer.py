@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.audit import schema
+from service.audit.deadline import Watch, deadlines_for
 
 log = logging.getLogger("deficiency.audit")
 
@@ -158,6 +159,7 @@ class Writer:
     def __init__(self, engine: Engine, *, timeout: float) -> None:
         self._engine = engine
         self._timeout = timeout
+        self.deadlines = deadlines_for(engine)
         self.statements = Statements(engine.dialect.name)
         database = engine.url.database
         self._lock_path = f"{database}.lock" if self.statements.sqlite and database else None
@@ -254,36 +256,39 @@ class Writer:
             if self._closed:
                 raise WriterUnavailable("audit store closed")
             for attempt in (1, 2):
-                fresh = self._connection is None
-                try:
-                    if fresh:
-                        self._connection = self._engine.raw_connection()
-                    connection = self._connection.driver_connection
-                except (self._dbapi.OperationalError, self._dbapi.InterfaceError,
-                        sa.exc.DBAPIError) as exc:
-                    self._drop()
-                    raise WriterUnavailable(_one_line(exc)) from exc
-                committing = False
-                try:
-                    # PostgreSQL: the head's SELECT is one round trip; the inserts, the
-                    # head's update and COMMIT go together in a second one.
-                    with self._pipeline(connection):
-                        result = transaction(connection)
-                        committing = True
-                        self._send_commit(connection)
-                except (self._dbapi.OperationalError, self._dbapi.InterfaceError) as exc:
-                    dead = self._engine.dialect.is_disconnect(exc, connection, None)
-                    self._drop()
-                    if dead and not committing and not fresh and attempt == 1:
-                        log.info("audit write connection was closed; reconnecting")
-                        continue
-                    if committing and landed is not None and self._landed(landed, exc):
-                        return result
-                    raise WriterUnavailable(_one_line(exc)) from exc
-                except BaseException:
-                    self._rollback()
-                    raise
-                return result
+                with self.deadlines.bounded(self._timeout) as watch:
+                    fresh = self._connection is None
+                    try:
+                        if fresh:
+                            self._connection = self._engine.raw_connection()
+                        connection = self._connection.driver_connection
+                    except (self._dbapi.OperationalError, self._dbapi.InterfaceError,
+                            sa.exc.DBAPIError) as exc:
+                        self._drop()
+                        raise WriterUnavailable(_cause(exc, watch)) from exc
+                    committing = False
+                    try:
+                        # PostgreSQL: the head's SELECT is one round trip; the inserts,
+                        # the head's update and COMMIT go together in a second one.
+                        with self._pipeline(connection):
+                            result = transaction(connection)
+                            committing = True
+                            self._send_commit(connection)
+                    except (self._dbapi.OperationalError, self._dbapi.InterfaceError) as exc:
+                        dead = self._engine.dialect.is_disconnect(exc, connection, None)
+                        self._drop()
+                        if dead and not committing and not fresh and attempt == 1 \
+                                and not watch.expired:
+                            log.info("audit write connection was closed; reconnecting")
+                            continue
+                        failure = WriterUnavailable(_cause(exc, watch))
+                        if committing and landed is not None and self._landed(landed, failure):
+                            return result
+                        raise failure from exc
+                    except BaseException:
+                        self._rollback()
+                        raise
+                    return result
             raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -291,23 +296,25 @@ class Writer:
         connection.commit()
 
     def _landed(self, landed: Callable[[Any], bool], failure: Exception) -> bool:
-        """Whether a transaction whose COMMIT failed is committed after all."""
-        try:
-            pooled = self._engine.raw_connection()
+        """Whether a transaction whose COMMIT failed is committed after all (asked with
+        a deadline of its own: the database may still not answer)."""
+        with self.deadlines.bounded(self._timeout) as watch:
             try:
-                verdict = landed(pooled.driver_connection)
-                pooled.driver_connection.rollback()
-            except BaseException:
-                pooled.invalidate()
-                raise
-        except (self._dbapi.Error, sa.exc.DBAPIError) as exc:
-            log.warning("audit commit failed (%s) and the database cannot be asked whether "
-                        "it committed (%s)", _one_line(failure), _one_line(exc))
-            return False
+                pooled = self._engine.raw_connection()
+                try:
+                    verdict = landed(pooled.driver_connection)
+                    pooled.driver_connection.rollback()
+                except BaseException:
+                    pooled.invalidate()
+                    raise
+            except (self._dbapi.Error, sa.exc.DBAPIError) as exc:
+                log.warning("audit commit failed (%s) and the database cannot be asked "
+                            "whether it committed (%s)", failure, _cause(exc, watch))
+                return False
         pooled.close()
         if verdict:
             log.warning("audit commit acknowledgement lost (%s), but the records are "
-                        "committed", _one_line(failure))
+                        "committed", failure)
         return verdict
 
     def _pipeline(self, connection: Any) -> contextlib.AbstractContextManager[Any]:
@@ -346,6 +353,12 @@ class Writer:
         finally:
             if acquired:
                 self._mutex.release()
+
+
+def _cause(exc: BaseException, watch: Watch) -> str:
+    if watch.expired:
+        return f"the audit database did not answer within {watch.seconds:g} s"
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -26,7 +26,8 @@ def free_port() -> int:
 
 def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
                  keys: list[dict[str, Any]] | None = None, rules_dir: Path | None = None,
-                 threads: int = 8, keepalive_requests: int = 1000) -> Path:
+                 threads: int = 8, keepalive_requests: int = 1000,
+                 audit_timeout: int | None = None) -> Path:
     lines = [
         "server:",
         f"  bind: 127.0.0.1:{port}",
@@ -38,6 +39,7 @@ def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
         f"  dir: {rules_dir or ROOT / 'rules'}",
         "audit:",
         f"  url: {audit_url}",
+        *([f"  timeout: {audit_timeout}"] if audit_timeout is not None else []),
         "auth:",
     ]
     if keys:
@@ -129,11 +131,16 @@ def start_sqlite_server(tmp_path: Path, **settings: Any) -> tuple[Path, Server]:
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and stops
-    listening (the database is "down"), `restore()` listens again on the same port."""
+    listening (the database is "down"), `restore()` listens again on the same port.
+    `stall()` keeps every connection open and accepts new ones, but forwards nothing
+    (the database, or the network to it, hangs without closing anything) until
+    `resume()`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -162,6 +169,12 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -178,13 +191,13 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

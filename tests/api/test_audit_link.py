@@ -161,3 +161,39 @@ def test_failing_commits_are_logged_with_their_cause_but_not_once_per_request(
             blocker.close()
         link.submit(make_record(4))  # and it works again
         assert link.store().count() == 1
+
+
+def test_readiness_fails_while_commits_fail_though_the_database_answers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full disk or a read-only file answers a ping but refuses every write: a load
+    # balancer asking /readyz should hear that, not "ready".
+    import sqlite3
+
+    import service.api.audit_link as audit_link
+    from service.audit import StoreUnavailable
+
+    monkeypatch.setattr(audit_link, "WRITE_FAILURE_MEMORY", 0.5)
+    path = tmp_path / "audit.db"
+    with AuditLink(f"sqlite:///{path}",
+                   opener=lambda url: open_store(url, busy_timeout=0.05)) as link:
+        assert link.unavailable_reason() is None
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # writes now fail; reads and pings do not
+        try:
+            with pytest.raises(StoreUnavailable):
+                link.submit(make_record(1))
+            assert link.store().ping() is True
+            reason = link.unavailable_reason()
+            assert reason is not None and "could not be recorded" in reason \
+                and "database is locked" in reason
+            # With nothing tried meanwhile, readiness comes back (and traffic with it:
+            # the next decisions find out again).
+            time.sleep(0.6)
+            assert link.unavailable_reason() is None
+            assert link.submit_many([make_record(2)])[0] is not None
+            assert link.unavailable_reason() is not None
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        link.submit(make_record(3))  # a success clears it at once
+        assert link.unavailable_reason() is None

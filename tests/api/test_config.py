@@ -32,6 +32,7 @@ def test_the_repository_config_yaml_loads_with_the_documented_defaults(
     assert config.auth.keys == ()
     # Relative paths are pinned to the working directory.
     assert config.audit.url == f"sqlite:///{tmp_path}/data/audit.db"
+    assert config.audit.timeout == 10
     assert config.rules.dir == PACKAGED_RULES  # no ./rules here: the packaged policy
 
 
@@ -55,6 +56,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         "DEFICIENCY_SERVER_BIND": "127.0.0.1:9100",
         "DEFICIENCY_SERVER_WORKERS": "5",
         "DEFICIENCY_AUDIT_URL": "postgresql://u@db:5432/audit",
+        "DEFICIENCY_AUDIT_TIMEOUT": "3",
         "DEFICIENCY_LIMITS_MAX_BATCH_ITEMS": "7",
         "DEFICIENCY_SERVER_ACCESS_LOG": "false",
         "DEFICIENCY_AUTH_KEYS": f'[{{"name": "ci", "sha256": "{HASH}", "scopes": ["decide"]}}]',
@@ -63,6 +65,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert config.server.bind == "127.0.0.1:9100"
     assert config.server.workers == 5
     assert config.audit.url == "postgresql://u@db:5432/audit"
+    assert config.audit.timeout == 3
     assert config.limits.max_batch_items == 7
     assert config.server.access_log is False
     assert [(k.name, k.sha256, set(k.scopes)) for k in config.auth.keys] == [
@@ -80,6 +83,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("limits:\n  max_json_depth: 2\n", {}, "limits.max_json_depth"),
     ("audit:\n  url: mysql://x\n", {}, "audit.url"),
     ("audit:\n  url: \"sqlite:///:memory:\"\n", {}, "audit.url"),
+    ("audit:\n  timeout: 0\n", {}, "audit.timeout: must be an integer from 1 to 600 (got 0)"),
+    ("", {"DEFICIENCY_AUDIT_TIMEOUT": "2.5s"}, "environment DEFICIENCY_AUDIT_TIMEOUT: "
+                                               "audit.timeout"),
     ("auth:\n  keys:\n    - name: a\n      sha256: nothex\n      scopes: [decide]\n", {},
      "auth.keys: [0].sha256"),
     ("auth:\n  keys:\n    - name: a\n      sha256: " + HASH + "\n      scopes: [root]\n", {},

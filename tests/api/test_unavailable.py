@@ -105,6 +105,8 @@ def test_the_real_server_refuses_then_recovers(tmp_path: Path, proxy: TcpProxy,
         assert session.get(server.base + "/readyz", timeout=10).status_code == 503
         proxy.restore()
         assert eventually(lambda: all(decide().status_code == 201 for _ in range(4)))
-        assert session.get(server.base + "/readyz", timeout=10).status_code == 200
+        # (A worker that refused and has not committed since stays unready up to 5 s.)
+        assert eventually(lambda: session.get(server.base + "/readyz",
+                                              timeout=10).status_code == 200)
     finally:
         assert server.stop() == 0, server.log()

@@ -155,13 +155,13 @@ class Live:
 
 
 def _start(tmp: Path, *, limits: dict[str, int] | None = None,
-           audit_url: str | None = None) -> Live:
+           audit_url: str | None = None, audit_timeout: int | None = None) -> Live:
     rules = tmp / "rules"
     shutil.copytree(RULES, rules, ignore=shutil.ignore_patterns("tests"))
     port = free_port()
     config = write_config(tmp / "config.yaml", port=port, workers=2,
                           audit_url=audit_url or f"sqlite:///{tmp}/audit/audit.db",
-                          keys=config_keys(), rules_dir=rules)
+                          keys=config_keys(), rules_dir=rules, audit_timeout=audit_timeout)
     if limits:
         with config.open("a") as f:
             f.write("limits:\n" + "".join(f"  {k}: {v}\n" for k, v in limits.items()))

@@ -30,6 +30,7 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
+from tests.api.servers import TcpProxy
 from tests.api.test_durability import audit_verify
 
 from .conftest import Figures, Live, _finish, _start, auth
@@ -232,6 +233,94 @@ def _retry(live: Live, originals: list[Outcome]) -> list[Outcome]:
     return retries
 
 
+# ------------------------------------------------------------------ PostgreSQL stalled
+
+#: The store's deadline in the stall test (`audit.timeout`), how long the stall lasts,
+#: and the longest a request may wait on a stalled database before it is answered:
+#: a commit group's transaction and its "did it land?" check, each cut at the
+#: deadline, and a request may queue behind one such group.
+STALL_TIMEOUT = 2
+STALL_SECONDS = 12.0
+STALL_ANSWER_LIMIT = 4 * STALL_TIMEOUT + 2.0
+
+
+def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recovers(
+        tmp_path: Path, pg_database: str, figures: Figures) -> None:
+    url = make_url(pg_database)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.restore()
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    live = _start(tmp_path, audit_url=via, audit_timeout=STALL_TIMEOUT)
+    load = Load(live.base, prefix=f"pgstall-{uuid.uuid4().hex[:8]}", clients=12, key_every=2)
+    probes: list[tuple[float, int, float]] = []  # (started, /readyz status, seconds)
+    try:
+        with load:
+            load.wait_for_answers(200, 60)
+            proxy.stall()
+            stalled = time.monotonic()
+            while time.monotonic() < stalled + STALL_SECONDS:
+                started = time.monotonic()
+                status = _readyz(live)
+                probes.append((started, status, time.monotonic() - started))
+                assert requests.get(live.base + "/healthz", timeout=5).status_code == 200
+                time.sleep(0.2)
+            resumed = time.monotonic()
+            proxy.resume()
+            deadline = resumed + RECOVERY_LIMIT + 15
+            while time.monotonic() < deadline:
+                outcomes = list(load.outcomes)
+                last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
+                if sum(o.ok and o.started > last_refusal for o in outcomes) >= 200:
+                    break
+                time.sleep(0.1)
+        outcomes = list(load.outcomes)
+        statuses = Counter(o.status for o in outcomes)
+        assert set(statuses) <= {201, 503}, statuses
+        assert load.unanswered() == [], [o.error for o in load.unanswered()][:5]
+        refusals = [o for o in outcomes if o.status == 503]
+        assert all(_is_refusal(o) for o in refusals), next(
+            o for o in refusals if not _is_refusal(o))
+        # Nothing waits for the database to come back: every request that met the
+        # stall was answered within the limit, refused while it was still stalled.
+        met = [o for o in outcomes if o.ended > stalled and o.started < resumed]
+        longest = max(o.ended - o.started for o in met)
+        assert longest < STALL_ANSWER_LIMIT, longest
+        during = [o for o in outcomes if o.started >= stalled and o.ended <= resumed]
+        assert len(during) >= 24 and all(o.status == 503 for o in during), Counter(
+            o.status for o in during)
+        # Readiness fails, in bounded time too; liveness holds (asserted in the loop).
+        assert all(status == 503 for _, status, _ in probes[1:]), probes
+        slowest_probe = max(seconds for _, _, seconds in probes)
+        assert slowest_probe < STALL_ANSWER_LIMIT, probes
+        # Back by itself once the database answers again.
+        last_refusal = max(o.ended for o in refusals)
+        assert last_refusal - resumed < RECOVERY_LIMIT
+        after = [o for o in outcomes if o.started > last_refusal]
+        assert len(after) >= 200 and all(o.ok for o in after)
+        # A refused request may be in the log after all - its COMMIT held up by the
+        # stall and delivered when it ended - but only one already committing then.
+        stored = check_recorded(pg_database, outcomes, load.prefix)
+        recorded_refusals = [o for o in refusals if o.loan_id in stored.loan_ids]
+        assert all(o.started < stalled for o in recorded_refusals), recorded_refusals
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        log = live.log()
+        assert "did not answer within 2 s" in log, log[-3000:]
+        _finish(live, "postgresql-stalled")
+        figures.add(
+            f"postgresql stalled ({STALL_SECONDS:.0f} s, nothing forwarded, connections kept "
+            f"open; audit.timeout {STALL_TIMEOUT} s; 12 clients): {len(during)} decisions "
+            f"refused with 503 while stalled, the longest wait {longest:.2f} s (limit "
+            f"{STALL_ANSWER_LIMIT:.0f}); /readyz 503 in at most {slowest_probe:.2f} s; "
+            f"{len(recorded_refusals)} refused but recorded (held COMMITs); the last 503 at "
+            f"{last_refusal - resumed:+.2f} s from the stall's end; {statuses[201]} 201, "
+            f"{stored.rows} records checked, {verify.stdout.strip()}")
+    finally:
+        live.server.kill()
+        proxy.resume()
+        proxy.cut()
+
+
 # ------------------------------------------------------------------ SQLite contention
 
 
@@ -314,7 +403,11 @@ def test_sqlite_disk_full_refuses_then_recovers_when_space_returns(
                     time.sleep(0.05)
                 full = time.monotonic()
                 time.sleep(2)  # the disk stays full for a while under the load
-                ready_while_full = _readyz(live)
+                # The database still answers a ping; readiness must not say "ready".
+                probe = requests.get(live.base + "/readyz", timeout=10)
+                ready_while_full = probe.status_code
+                assert ready_while_full == 503, probe.text
+                assert "disk is full" in probe.json()["detail"], probe.text
                 resize(ROOMY_DISK)
                 freed = time.monotonic()
                 deadline = freed + RECOVERY_LIMIT + 15
@@ -336,6 +429,12 @@ def test_sqlite_disk_full_refuses_then_recovers_when_space_returns(
             full_refusals = [o for o in refused if o.started >= full and o.ended <= freed]
             assert full_refusals, "nothing was refused while the disk was full"
             assert last_refusal - freed < RECOVERY_LIMIT, last_refusal - freed
+            # Ready again: at once in a worker whose commits succeed since, within 5 s
+            # (WRITE_FAILURE_MEMORY) in one that has not committed since its refusal.
+            deadline = time.monotonic() + 10
+            while _readyz(live) != 200:
+                assert time.monotonic() < deadline, "not ready 10 s after recovering"
+                time.sleep(0.2)
             stored = check_recorded(url, outcomes, "full")
             # A write that ran out of space left nothing behind: refused means not recorded.
             assert stored.rows == len(outcomes) - len(refused)
