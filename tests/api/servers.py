@@ -134,7 +134,9 @@ class TcpProxy:
     listening (the database is "down"), `restore()` listens again on the same port.
     `stall()` keeps every connection open and accepts new ones, but forwards nothing
     (the database, or the network to it, hangs without closing anything) until
-    `resume()`."""
+    `resume()`. `drop_commit_answers(n)`: the next n connections that send a COMMIT
+    have it delivered, and are cut the moment the database answers it - committed,
+    but the client never hears so (`answers_dropped` counts them)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -145,6 +147,12 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
+        self._commit_cuts = 0
+        self.answers_dropped = 0
+
+    def drop_commit_answers(self, times: int) -> None:
+        with self._lock:
+            self._commit_cuts += times
 
     def restore(self) -> None:
         listener = socket.socket()
@@ -188,15 +196,31 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            committing = threading.Event()  # this connection's COMMIT is on its way
+            for a, b, outbound in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(a, b, outbound, committing),
+                                 daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+    def _take_commit_cut(self) -> bool:
+        with self._lock:
+            if self._commit_cuts <= 0:
+                return False
+            self._commit_cuts -= 1
+            return True
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool,
+              committing: threading.Event) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if outbound and b"COMMIT" in data and self._take_commit_cut():
+                    committing.set()
+                elif not outbound and committing.is_set():
+                    with self._lock:
+                        self.answers_dropped += 1
+                    break  # the answer to the COMMIT: dropped, both sides cut
                 self._flowing.wait()
                 dst.sendall(data)
         except OSError:

@@ -321,6 +321,54 @@ def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recover
         proxy.cut()
 
 
+# ------------------------------------------------------------------ COMMIT answers lost
+
+ANSWERS_TO_DROP = 5
+
+
+def test_commits_whose_answer_is_lost_in_the_network_are_found_and_answered_201(
+        tmp_path: Path, pg_database: str, figures: Figures) -> None:
+    # Through the real server: a proxy delivers the COMMIT, lets PostgreSQL commit,
+    # and cuts the connection as the answer comes back. The commit process's writer,
+    # still holding the write turn, asks on a fresh connection whether the records
+    # are there with the hashes it computed; they are, so the decisions are answered
+    # 201 - not 503 for something recorded, nor recorded twice.
+    url = make_url(pg_database)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.restore()
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    live = _start(tmp_path, audit_url=via)
+    load = Load(live.base, prefix=f"pgack-{uuid.uuid4().hex[:8]}", clients=8, key_every=2)
+    try:
+        with load:
+            load.wait_for_answers(100, 60)
+            proxy.drop_commit_answers(ANSWERS_TO_DROP)
+            deadline = time.monotonic() + 60
+            while proxy.answers_dropped < ANSWERS_TO_DROP:
+                assert time.monotonic() < deadline, proxy.answers_dropped
+                time.sleep(0.05)
+            after = len(load.answered())
+            load.wait_for_answers(after + 100, 60)
+        outcomes = list(load.outcomes)
+        statuses = Counter(o.status for o in outcomes)
+        assert set(statuses) == {201}, (statuses, [o.error for o in load.unanswered()][:5])
+        stored = check_recorded(pg_database, outcomes, load.prefix)
+        assert stored.rows == len(outcomes)  # each exactly once, nothing extra
+        log = live.log()
+        found = log.count("records are committed")
+        assert found == ANSWERS_TO_DROP, log[-3000:]
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        _finish(live, "postgresql-commit-answers-lost")
+    finally:
+        live.server.kill()
+        proxy.cut()
+    figures.add(
+        f"postgresql COMMIT answers cut in the network ({ANSWERS_TO_DROP}, 8 clients): "
+        f"each found committed and answered 201; {statuses[201]} 201, no 503; "
+        f"{stored.rows} records, each once; {verify.stdout.strip()}")
+
+
 # ------------------------------------------------------------------ SQLite contention
 
 
