@@ -394,10 +394,9 @@ class AuditStore:
             written.clear()
             cursor = connection.cursor()
             try:
-                if sqlite:
-                    # IMMEDIATE takes SQLite's write lock now: nobody else can read the
-                    # same chain head (the writer's lock file makes this wait-free).
-                    cursor.execute("BEGIN IMMEDIATE")
+                # On SQLite the write lock is taken now: nobody else can read the same
+                # chain head (the writer's lock file makes this wait-free).
+                cursor.execute(sql.begin)
                 # The chain head row is the turnstile (FOR UPDATE on PostgreSQL).
                 cursor.execute(sql.head)
                 head = cursor.fetchone()

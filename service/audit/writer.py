@@ -66,6 +66,10 @@ class Statements:
         self.mark = mark
         records, head = schema.records.name, schema.chain_head.name
         lock = "" if self.sqlite else " FOR UPDATE"
+        # IMMEDIATE takes SQLite's write lock at once. On PostgreSQL the connection is in
+        # autocommit mode and the transaction begun explicitly, so BEGIN travels with
+        # the head's SELECT (psycopg waits for its own BEGIN in a pipeline).
+        self.begin = "BEGIN IMMEDIATE" if self.sqlite else "BEGIN"
         self.head = f"SELECT seq, hash FROM {head} WHERE id = {schema.HEAD_ID}{lock}"
         self._insert_head = f"INSERT INTO {records} ({', '.join(INSERT_COLUMNS)}) VALUES "
         self._row = f"({', '.join([mark] * len(INSERT_COLUMNS))})"
@@ -261,6 +265,8 @@ class Writer:
                     try:
                         if fresh:
                             self._connection = self._engine.raw_connection()
+                            if not self.statements.sqlite:
+                                self._connection.driver_connection.autocommit = True
                         connection = self._connection.driver_connection
                     except (self._dbapi.OperationalError, self._dbapi.InterfaceError,
                             sa.exc.DBAPIError) as exc:
@@ -291,9 +297,13 @@ class Writer:
                     return result
             raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _send_commit(connection: Any) -> None:
-        connection.commit()
+    def _send_commit(self, connection: Any) -> None:
+        if self.statements.sqlite:
+            connection.commit()
+        else:
+            # Queued in the pipeline: it goes with the inserts when the pipeline ends,
+            # and that one wait tells whether all of it was done.
+            connection.execute("COMMIT")
 
     def _landed(self, landed: Callable[[Any], bool], failure: Exception) -> bool:
         """Whether a transaction whose COMMIT failed is committed after all (asked with
@@ -346,6 +356,8 @@ class Writer:
             connection, self._connection = self._connection, None
             if connection is not None:
                 with contextlib.suppress(Exception):
+                    if not self.statements.sqlite:  # back to the pool as it came
+                        connection.driver_connection.autocommit = False
                     connection.close()
             if self._fd is not None:
                 os.close(self._fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -134,9 +135,13 @@ class TcpProxy:
     listening (the database is "down"), `restore()` listens again on the same port.
     `stall()` keeps every connection open and accepts new ones, but forwards nothing
     (the database, or the network to it, hangs without closing anything) until
-    `resume()`. `drop_commit_answers(n)`: the next n connections that send a COMMIT
-    have it delivered, and are cut the moment the database answers it - committed,
-    but the client never hears so (`answers_dropped` counts them)."""
+    `resume()`. `drop_commit_answers(n)`: the next n answers to a COMMIT (PostgreSQL's
+    "COMMIT" command tag, there also for prepared statements) are dropped and their
+    connections cut - committed, but the client never hears so (`answers_dropped`
+    counts them). `latency(s)` holds
+    every chunk `s` seconds before forwarding it, each way (a database far away).
+    `round_trips` counts the times an answer went back after the client had sent
+    something: how often a client waited for the database."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -149,6 +154,11 @@ class TcpProxy:
         self._threads: list[threading.Thread] = []
         self._commit_cuts = 0
         self.answers_dropped = 0
+        self._latency = 0.0
+        self.round_trips = 0
+
+    def latency(self, seconds: float) -> None:
+        self._latency = seconds
 
     def drop_commit_answers(self, times: int) -> None:
         with self._lock:
@@ -194,11 +204,13 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            for s in (client, upstream):  # as the database's own client and server do
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets.update((client, upstream))
-            committing = threading.Event()  # this connection's COMMIT is on its way
+            last = [False]  # whether the last chunk delivered went to the database
             for a, b, outbound in ((client, upstream, True), (upstream, client, False)):
-                threading.Thread(target=self._pipe, args=(a, b, outbound, committing),
+                threading.Thread(target=self._pipe, args=(a, b, outbound, last),
                                  daemon=True).start()
 
     def _take_commit_cut(self) -> bool:
@@ -209,23 +221,50 @@ class TcpProxy:
             return True
 
     def _pipe(self, src: socket.socket, dst: socket.socket, outbound: bool,
-              committing: threading.Event) -> None:
+              last: list[bool]) -> None:
+        # Chunks are handed to a sender with the time they are due: latency delays each
+        # by the same amount without queueing one behind the other's delay, as a
+        # network does (several packets in flight at once).
+        due: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+        sender = threading.Thread(target=self._send, args=(due, dst, outbound, last),
+                                  daemon=True)
+        sender.start()
+        flush = True
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if outbound and b"COMMIT" in data and self._take_commit_cut():
-                    committing.set()
-                elif not outbound and committing.is_set():
+                if not outbound and b"C\x00\x00\x00\x0bCOMMIT\x00" in data \
+                        and self._take_commit_cut():
                     with self._lock:
                         self.answers_dropped += 1
-                    break  # the answer to the COMMIT: dropped, both sides cut
-                self._flowing.wait()
-                dst.sendall(data)
+                    flush = False
+                    break  # the answer to a COMMIT: dropped, both sides cut
+                due.put((time.monotonic() + self._latency, data))
         except OSError:
             pass
         finally:
+            due.put(None)
+            if flush:
+                sender.join()  # what was read is delivered before the other side is cut
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, due: queue.Queue[tuple[float, bytes] | None], dst: socket.socket,
+              outbound: bool, last: list[bool]) -> None:
+        while (item := due.get()) is not None:
+            at, data = item
+            self._flowing.wait()
+            pause = at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            with self._lock:
+                if last[0] and not outbound:
+                    self.round_trips += 1
+                last[0] = outbound
+            try:
+                dst.sendall(data)
+            except OSError:
+                return

@@ -146,3 +146,19 @@ def test_a_forked_child_never_cuts_its_parents_connections(own_pg_url: str) -> N
         store.append([make_record(2)])
         assert store._writer._connection is kept  # not found cut and replaced
         assert store.count() == 2 and store.verify().ok
+
+
+@pytest.mark.parametrize("keyed, expected", [(False, 2), (True, 3)])
+def test_an_append_to_postgresql_waits_for_the_database_twice(
+        stalling_store: AuditStore, proxy: TcpProxy, keyed: bool, expected: int) -> None:
+    # Each wait is a network round trip, paid by every group commit: on a database a
+    # millisecond away, two are two milliseconds. The chain head under its lock
+    # (BEGIN and SELECT … FOR UPDATE together), then the inserts, the head's update and
+    # COMMIT together; a keyed record adds the duplicate check in between.
+    store = stalling_store
+    store.append([make_record(1)])  # the write connection is open and kept
+    for n in range(2, 5):
+        before = proxy.round_trips
+        store.append([make_record(n, key=f"k{n}" if keyed else None)])
+        assert proxy.round_trips - before == expected
+    assert store.count() == 4 and store.verify().ok
