@@ -55,6 +55,10 @@ class Watch:
         self.deadline = time.monotonic() + seconds
         self.expired = False
 
+    @property
+    def cause(self) -> str:
+        return f"the audit database did not answer within {self.seconds:g} s"
+
 
 _BY_ENGINE: weakref.WeakKeyDictionary[Engine, Deadlines] = weakref.WeakKeyDictionary()
 _BY_ENGINE_LOCK = threading.Lock()

@@ -39,6 +39,7 @@ from service.audit.chain import (
     content_hash,
     format_timestamp,
 )
+from service.audit.deadline import Deadlines, deadlines_for
 from service.audit.engine import create_audit_engine
 from service.audit.migrate import upgrade
 from service.audit.writer import Writer, WriterUnavailable
@@ -227,6 +228,20 @@ def _operational_errors() -> Iterator[None]:
         if exc.connection_invalidated:
             raise StoreUnavailable(f"audit store unavailable: {_one_line(exc)}") from exc
         raise
+
+
+@contextmanager
+def _answered_within(deadlines: Deadlines, seconds: float) -> Iterator[None]:
+    """`_operational_errors`, and a database that does not answer within `seconds` cut
+    off (`service.audit.deadline`) and reported as such."""
+    with deadlines.bounded(seconds) as watch:
+        try:
+            with _operational_errors():
+                yield
+        except StoreUnavailable as exc:
+            if watch.expired:
+                raise StoreUnavailable(f"audit store unavailable: {watch.cause}") from exc
+            raise
 
 
 def _encode_cursor(seq: int) -> str:
@@ -487,16 +502,9 @@ class AuditStore:
     def _read(self) -> Iterator[sa.Connection]:
         """A connection for one short read; StoreUnavailable when the database is not
         there or does not answer within the busy timeout."""
-        with self._deadlines.bounded(self._busy_timeout) as watch:
-            try:
-                with _operational_errors(), self._engine.connect() as connection:
-                    yield connection
-            except StoreUnavailable as exc:
-                if watch.expired:
-                    raise StoreUnavailable(
-                        f"audit store unavailable: the audit database did not answer "
-                        f"within {watch.seconds:g} s") from exc
-                raise
+        with _answered_within(self._deadlines, self._busy_timeout), \
+                self._engine.connect() as connection:
+            yield connection
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
         return self._one(_records.c.decision_id == decision_id)
@@ -666,14 +674,15 @@ def open_store(url: str, *, busy_timeout: float = 10.0) -> AuditStore:
     """Open (creating and migrating as needed) the audit log at `url`.
 
     `sqlite:///path/audit.db` (parent directories are created) or
-    `postgresql://…` (driven by psycopg 3). `busy_timeout` is how long a SQLite
-    writer waits for another to finish before giving up with StoreUnavailable.
-    Raises ValueError for an unusable URL and StoreUnavailable when the database
-    cannot be reached or migrated.
+    `postgresql://…` (driven by psycopg 3). `busy_timeout` is how long a writer
+    waits for a lock held by another (SQLite, PostgreSQL) and for a PostgreSQL server
+    that stops answering, before giving up with StoreUnavailable; opening (and
+    migrating) is bounded by it too. Raises ValueError for an unusable URL and
+    StoreUnavailable when the database cannot be reached or migrated.
     """
     engine = create_audit_engine(url, busy_timeout=busy_timeout)
     try:
-        with _operational_errors():
+        with _answered_within(deadlines_for(engine), busy_timeout):
             upgrade(engine)
     except CommandError as exc:
         engine.dispose()

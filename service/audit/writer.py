@@ -368,9 +368,7 @@ class Writer:
 
 
 def _cause(exc: BaseException, watch: Watch) -> str:
-    if watch.expired:
-        return f"the audit database did not answer within {watch.seconds:g} s"
-    return _one_line(exc)
+    return watch.cause if watch.expired else _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

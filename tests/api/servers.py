@@ -133,15 +133,20 @@ def start_sqlite_server(tmp_path: Path, **settings: Any) -> tuple[Path, Server]:
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to a target; `cut()` drops every connection and stops
     listening (the database is "down"), `restore()` listens again on the same port.
-    `stall()` keeps every connection open and accepts new ones, but forwards nothing
-    (the database, or the network to it, hangs without closing anything) until
-    `resume()`. `drop_commit_answers(n)`: the next n answers to a COMMIT (PostgreSQL's
-    "COMMIT" command tag, there also for prepared statements) are dropped and their
-    connections cut - committed, but the client never hears so (`answers_dropped`
-    counts them). `latency(s)` holds
-    every chunk `s` seconds before forwarding it, each way (a database far away).
-    `round_trips` counts the times an answer went back after the client had sent
-    something: how often a client waited for the database."""
+
+    - `stall()` keeps every connection open and accepts new ones, but forwards nothing
+      (the database, or the network to it, hangs without closing anything) until
+      `resume()`; `stall_when(marker)` stalls as the client sends bytes containing
+      `marker` (that chunk is held too).
+    - `drop_commit_answers(n)`: the next n answers to a COMMIT (PostgreSQL's "COMMIT"
+      command tag, there also for prepared statements) are dropped and their
+      connections cut - committed, but the client never hears so (`answers_dropped`
+      counts them).
+    - `latency(s)` holds every chunk `s` seconds before forwarding it, each way (a
+      database far away).
+    - `round_trips` counts the times an answer went back after the client had sent
+      something: how often a client waited for the database.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
@@ -155,7 +160,11 @@ class TcpProxy:
         self._commit_cuts = 0
         self.answers_dropped = 0
         self._latency = 0.0
+        self._stall_marker: bytes | None = None
         self.round_trips = 0
+
+    def stall_when(self, marker: bytes) -> None:
+        self._stall_marker = marker
 
     def latency(self, seconds: float) -> None:
         self._latency = seconds
@@ -241,6 +250,10 @@ class TcpProxy:
                         self.answers_dropped += 1
                     flush = False
                     break  # the answer to a COMMIT: dropped, both sides cut
+                marker = self._stall_marker
+                if outbound and marker is not None and marker in data:
+                    self._stall_marker = None
+                    self.stall()
                 due.put((time.monotonic() + self._latency, data))
         except OSError:
             pass

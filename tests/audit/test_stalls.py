@@ -162,3 +162,20 @@ def test_an_append_to_postgresql_waits_for_the_database_twice(
         store.append([make_record(n, key=f"k{n}" if keyed else None)])
         assert proxy.round_trips - before == expected
     assert store.count() == 4 and store.verify().ok
+
+
+def test_opening_a_database_that_stops_answering_while_migrating_is_bounded(
+        proxy: TcpProxy, own_pg_url: str) -> None:
+    # At start-up a worker opens the store; hung there, it would never serve (and
+    # gunicorn would kill it and start another, to hang again). Bounded, the service
+    # starts, says "not ready", and opens the store once the database answers.
+    via = make_url(own_pg_url).set(host="127.0.0.1", port=proxy.port).render_as_string(
+        hide_password=False)
+    proxy.stall_when(b"pg_advisory_xact_lock")  # the migration's first statement
+    _, error, _ = within(TIMEOUT + SLACK, lambda: open_store(via, busy_timeout=TIMEOUT))
+    assert isinstance(error, StoreUnavailable), error
+    assert f"did not answer within {TIMEOUT} s" in str(error)
+    proxy.resume()
+    with open_store(via, busy_timeout=TIMEOUT) as store:
+        store.append([make_record(1)])
+        assert store.count() == 1 and store.verify().ok
