@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -31,6 +33,7 @@ import requests
 from sqlalchemy.engine import make_url
 
 from tests.api.servers import TcpProxy
+from tests.api.test_commit_process_server import commit_processes
 from tests.api.test_durability import audit_verify
 
 from .conftest import Figures, Live, _finish, _start, auth
@@ -319,6 +322,70 @@ def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recover
         live.server.kill()
         proxy.resume()
         proxy.cut()
+
+
+# ------------------------------------------------------------------ two faults at once
+
+def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back(
+        tmp_path: Path, pg_database: str, figures: Figures) -> None:
+    # The database unreachable (the proxy cut: connections reset, nothing listening)
+    # and, in the same instant, the commit process SIGKILLed: the workers lose the
+    # process they commit through and find the store gone when they try themselves.
+    url = make_url(pg_database)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.restore()
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    live = _start(tmp_path, audit_url=via)
+    load = Load(live.base, prefix=f"pgboth-{uuid.uuid4().hex[:8]}", clients=12, key_every=2)
+    try:
+        with load:
+            load.wait_for_answers(200, 60)
+            [first] = commit_processes(live.server)
+            proxy.cut()
+            os.kill(first, signal.SIGKILL)
+            struck = time.monotonic()
+            time.sleep(3.0)
+            ready_while_down = _readyz(live)
+            restored = time.monotonic()
+            proxy.restore()
+            deadline = restored + RECOVERY_LIMIT + 15
+            while True:
+                outcomes = list(load.outcomes)
+                last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
+                if sum(o.ok and o.started > last_refusal for o in outcomes) >= 200:
+                    break
+                assert time.monotonic() < deadline, load.statuses()
+                time.sleep(0.1)
+        [second] = commit_processes(live.server)
+        assert second != first  # the supervisor started another
+        outcomes = list(load.outcomes)
+        statuses = Counter(o.status for o in outcomes)
+        assert set(statuses) <= {201, 503}, statuses
+        assert load.unanswered() == [], [o.error for o in load.unanswered()][:5]
+        refusals = [o for o in outcomes if o.status == 503]
+        assert all(_is_refusal(o) for o in refusals)
+        during = [o for o in outcomes if o.started > struck + 0.5 and o.ended < restored]
+        assert during and all(o.status == 503 for o in during), Counter(
+            o.status for o in during)
+        assert ready_while_down == 503
+        assert last_refusal - restored < RECOVERY_LIMIT, last_refusal - restored
+        # A refusal may be recorded only if it was in flight when both faults struck
+        # (committed by the killed process, which could not say so).
+        stored = check_recorded(pg_database, outcomes, load.prefix)
+        recorded_refusals = [o for o in refusals if o.loan_id in stored.loan_ids]
+        assert all(o.started < struck for o in recorded_refusals), recorded_refusals
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        _finish(live, "postgresql-cut-and-commit-process-killed")
+    finally:
+        live.server.kill()
+        proxy.cut()
+    figures.add(
+        f"postgresql cut off and the commit process SIGKILLed at once (3 s, 12 clients): "
+        f"{len(during)} refused with 503 meanwhile, /readyz 503; a new commit process; "
+        f"the last 503 {last_refusal - restored:+.2f} s from the store's return; "
+        f"{statuses[201]} 201, {len(recorded_refusals)} refused but recorded (in flight "
+        f"at the kill); {verify.stdout.strip()}")
 
 
 # ------------------------------------------------------------------ PostgreSQL far away
