@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -79,6 +80,40 @@ def postgresql_stopped() -> Iterator[None]:
         while not pg_ready():
             assert time.monotonic() < deadline, "PostgreSQL did not come back"
             time.sleep(0.1)
+
+
+def _behind_proxy(tmp_path: Path, pg_database: str, **start: Any) -> tuple[TcpProxy, Live]:
+    """The real server with its audit log on the session's PostgreSQL database, reached
+    through a proxy the test controls."""
+    url = make_url(pg_database)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    proxy.restore()
+    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        return proxy, _start(tmp_path, audit_url=via, **start)
+    except BaseException:
+        proxy.cut()
+        raise
+
+
+def _stop_behind_proxy(live: Live, proxy: TcpProxy) -> None:
+    live.server.kill()
+    proxy.resume()
+    proxy.cut()
+
+
+def _await_recovery(load: Load, since: float, what: str) -> float:
+    """Wait until 200 decisions started after `since` and after the last refusal have
+    been answered 201; returns when the last refusal ended."""
+    deadline = since + RECOVERY_LIMIT + 15
+    while True:
+        outcomes = list(load.outcomes)
+        last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
+        if sum(o.ok and o.started > max(last_refusal, since) for o in outcomes) >= 200:
+            return last_refusal
+        assert time.monotonic() < deadline, (
+            f"not recovered {deadline - since:.0f} s after {what}: {load.statuses()}")
+        time.sleep(0.05)
 
 
 def _readyz(live: Live) -> int:
@@ -249,11 +284,7 @@ STALL_ANSWER_LIMIT = 4 * STALL_TIMEOUT + 2.0
 
 def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recovers(
         tmp_path: Path, pg_database: str, figures: Figures) -> None:
-    url = make_url(pg_database)
-    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-    proxy.restore()
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    live = _start(tmp_path, audit_url=via, audit_timeout=STALL_TIMEOUT)
+    proxy, live = _behind_proxy(tmp_path, pg_database, audit_timeout=STALL_TIMEOUT)
     load = Load(live.base, prefix=f"pgstall-{uuid.uuid4().hex[:8]}", clients=12, key_every=2)
     probes: list[tuple[float, int, float]] = []  # (started, /readyz status, seconds)
     try:
@@ -269,13 +300,7 @@ def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recover
                 time.sleep(0.2)
             resumed = time.monotonic()
             proxy.resume()
-            deadline = resumed + RECOVERY_LIMIT + 15
-            while time.monotonic() < deadline:
-                outcomes = list(load.outcomes)
-                last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
-                if sum(o.ok and o.started > last_refusal for o in outcomes) >= 200:
-                    break
-                time.sleep(0.1)
+            _await_recovery(load, resumed, "the stall ended")
         outcomes = list(load.outcomes)
         statuses = Counter(o.status for o in outcomes)
         assert set(statuses) <= {201, 503}, statuses
@@ -319,9 +344,7 @@ def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recover
             f"{last_refusal - resumed:+.2f} s from the stall's end; {statuses[201]} 201, "
             f"{stored.rows} records checked, {verify.stdout.strip()}")
     finally:
-        live.server.kill()
-        proxy.resume()
-        proxy.cut()
+        _stop_behind_proxy(live, proxy)
 
 
 # ------------------------------------------------------------------ two faults at once
@@ -331,11 +354,7 @@ def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back
     # The database unreachable (the proxy cut: connections reset, nothing listening)
     # and, in the same instant, the commit process SIGKILLed: the workers lose the
     # process they commit through and find the store gone when they try themselves.
-    url = make_url(pg_database)
-    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-    proxy.restore()
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    live = _start(tmp_path, audit_url=via)
+    proxy, live = _behind_proxy(tmp_path, pg_database)
     load = Load(live.base, prefix=f"pgboth-{uuid.uuid4().hex[:8]}", clients=12, key_every=2)
     try:
         with load:
@@ -348,14 +367,7 @@ def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back
             ready_while_down = _readyz(live)
             restored = time.monotonic()
             proxy.restore()
-            deadline = restored + RECOVERY_LIMIT + 15
-            while True:
-                outcomes = list(load.outcomes)
-                last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
-                if sum(o.ok and o.started > last_refusal for o in outcomes) >= 200:
-                    break
-                assert time.monotonic() < deadline, load.statuses()
-                time.sleep(0.1)
+            last_refusal = _await_recovery(load, restored, "the store came back")
         [second] = commit_processes(live.server)
         assert second != first  # the supervisor started another
         outcomes = list(load.outcomes)
@@ -378,8 +390,7 @@ def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back
         assert verify.returncode == 0, verify.stdout + verify.stderr
         _finish(live, "postgresql-cut-and-commit-process-killed")
     finally:
-        live.server.kill()
-        proxy.cut()
+        _stop_behind_proxy(live, proxy)
     figures.add(
         f"postgresql cut off and the commit process SIGKILLed at once (3 s, 12 clients): "
         f"{len(during)} refused with 503 meanwhile, /readyz 503; a new commit process; "
@@ -400,11 +411,7 @@ def test_a_distant_postgresql_slows_decisions_and_group_commit_shares_the_round_
     # database twice (tests/audit/test_stalls.py); with the database far away, the
     # records that queue during one commit go together in the next, so round trips
     # per decision fall well below two. Without keys, commits are the only traffic.
-    url = make_url(pg_database)
-    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-    proxy.restore()
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    live = _start(tmp_path, audit_url=via)
+    proxy, live = _behind_proxy(tmp_path, pg_database)
     load = Load(live.base, prefix=f"pgfar-{uuid.uuid4().hex[:8]}", clients=12)
     seconds = 6.0
     try:
@@ -434,8 +441,7 @@ def test_a_distant_postgresql_slows_decisions_and_group_commit_shares_the_round_
         assert verify.returncode == 0, verify.stdout + verify.stderr
         _finish(live, "postgresql-far")
     finally:
-        live.server.kill()
-        proxy.cut()
+        _stop_behind_proxy(live, proxy)
     figures.add(
         f"postgresql {FAR_LATENCY * 1000:.0f} ms away each way (12 clients, {seconds:.0f} s): "
         f"{len(far) / seconds:.0f} decisions/s, all 201, {trips} round trips for {len(far)} "
@@ -456,11 +462,7 @@ def test_commits_whose_answer_is_lost_in_the_network_are_found_and_answered_201(
     # still holding the write turn, asks on a fresh connection whether the records
     # are there with the hashes it computed; they are, so the decisions are answered
     # 201 - not 503 for something recorded, nor recorded twice.
-    url = make_url(pg_database)
-    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-    proxy.restore()
-    via = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    live = _start(tmp_path, audit_url=via)
+    proxy, live = _behind_proxy(tmp_path, pg_database)
     load = Load(live.base, prefix=f"pgack-{uuid.uuid4().hex[:8]}", clients=8, key_every=2)
     try:
         with load:
@@ -487,8 +489,7 @@ def test_commits_whose_answer_is_lost_in_the_network_are_found_and_answered_201(
         assert verify.returncode == 0, verify.stdout + verify.stderr
         _finish(live, "postgresql-commit-answers-lost")
     finally:
-        live.server.kill()
-        proxy.cut()
+        _stop_behind_proxy(live, proxy)
     figures.add(
         f"postgresql COMMIT answers cut in the network ({ANSWERS_TO_DROP}, 8 clients): "
         f"each found committed and answered 201; {statuses[201]} 201, no 503; "
@@ -584,17 +585,7 @@ def test_sqlite_disk_full_refuses_then_recovers_when_space_returns(
                 assert "disk is full" in probe.json()["detail"], probe.text
                 resize(ROOMY_DISK)
                 freed = time.monotonic()
-                deadline = freed + RECOVERY_LIMIT + 15
-                while True:
-                    outcomes = list(load.outcomes)
-                    last_refusal = max((o.ended for o in outcomes if not o.ok), default=0.0)
-                    if sum(o.ok and o.started > max(last_refusal, freed)
-                           for o in outcomes) >= 200:
-                        break
-                    assert time.monotonic() < deadline, (
-                        f"not recovered {deadline - freed:.0f}s after the disk grew: "
-                        f"{load.statuses()}")
-                    time.sleep(0.05)
+                last_refusal = _await_recovery(load, freed, "the disk grew")
             outcomes = list(load.outcomes)
             odd = [(o.status, o.problem_type, o.error) for o in outcomes
                    if not o.ok and not _is_refusal(o)]
