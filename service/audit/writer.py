@@ -288,13 +288,19 @@ class Writer:
                             log.info("audit write connection was closed; reconnecting")
                             continue
                         failure = WriterUnavailable(_cause(exc, watch))
-                        if committing and landed is not None and self._landed(landed, failure):
-                            return result
-                        raise failure from exc
+                        failure.__cause__ = exc
+                        if not committing or landed is None:
+                            raise failure from exc
                     except BaseException:
                         self._rollback()
                         raise
+                    else:
+                        return result
+                # COMMIT was sent and failed: whether it landed is asked outside the
+                # deadline that may have cut it (expired, it would cut the question too).
+                if self._landed(landed, failure):
                     return result
+                raise failure
             raise AssertionError("unreachable")  # pragma: no cover
 
     def _send_commit(self, connection: Any) -> None:

@@ -179,3 +179,35 @@ def test_opening_a_database_that_stops_answering_while_migrating_is_bounded(
     with open_store(via, busy_timeout=TIMEOUT) as store:
         store.append([make_record(1)])
         assert store.count() == 1 and store.verify().ok
+
+
+def test_a_commit_answered_after_the_deadline_is_still_found_committed(
+        own_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The database commits, but its answer comes after the deadline: the watchdog cuts
+    # the connection, and the writer asks (on a fresh one) whether the records landed.
+    # That question has a deadline of its own; the expired one must not cut it too.
+    from service.audit.deadline import POLL_INTERVAL
+
+    with open_store(own_pg_url, busy_timeout=1) as store:
+        store.append([make_record(1)])
+        writer = store._writer
+        send_commit, check = writer._send_commit, writer._landed
+
+        def commit_then_answer_late(connection: Any) -> None:
+            monkeypatch.setattr(writer, "_send_commit", send_commit)  # once only
+            connection.commit()
+            time.sleep(1 + 3 * POLL_INTERVAL)  # meanwhile the deadline passes: cut
+            raise writer._dbapi.OperationalError("the answer came after the deadline")
+
+        def slow_check(landed: Callable[[Any], bool], failure: Exception) -> bool:
+            def slowly(connection: Any) -> bool:
+                time.sleep(3 * POLL_INTERVAL)  # a slow answer, well within its own deadline
+                return landed(connection)
+            return check(slowly, failure)
+
+        monkeypatch.setattr(writer, "_send_commit", commit_then_answer_late)
+        monkeypatch.setattr(writer, "_landed", slow_check)
+        late = make_record(2)
+        store.append([late])  # found committed: no error
+        assert store.get(late.decision_id) is not None
+        assert store.count() == 2 and store.verify().ok
