@@ -152,7 +152,14 @@ class AuditLink:
             # Sent, but the answer never came: commit here. A record the commit process
             # did commit is refused as a duplicate of itself — then it is in the log,
             # exactly once either way (the decision id is unique).
-            log.warning("%s; committing in this worker instead", exc)
+            if exc.timed_out and self._remote is not None:
+                # Alive but stuck (frozen, or waiting on a stalled disk): the next
+                # requests would each wait as long. Commit here for that long instead.
+                self._remote_retry_at = time.monotonic() + self._remote.timeout
+                log.warning("%s; committing in this worker for the next %g s", exc,
+                            self._remote.timeout)
+            else:
+                log.warning("%s; committing in this worker instead", exc)
             outcomes = [self._already_committed(record, error) for record, error
                         in zip(records, self._commit_locally(records), strict=True)]
         if outcomes is None:

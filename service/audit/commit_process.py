@@ -67,8 +67,13 @@ class CommitProcessUnreachable(Exception):
 
 class CommitAnswerLost(StoreUnavailable):
     """The records were sent but no answer came back (the commit process died, or took
-    too long): they may or may not be committed. Committing them again elsewhere is
-    safe — a record already in the log comes back as a duplicate of itself."""
+    too long: `timed_out`): they may or may not be committed. Committing them again
+    elsewhere is safe — a record already in the log comes back as a duplicate of
+    itself."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 # ------------------------------------------------------------------ framing
@@ -139,7 +144,7 @@ def answer_timeout(store_timeout: float) -> float:
     (and commits itself): the process may spend `store_timeout` on the transaction and
     as long again asking whether a lost COMMIT landed, and a request can queue behind
     another group doing the same."""
-    return max(30.0, 4 * store_timeout)
+    return 4 * store_timeout
 
 
 class CommitClient:
@@ -148,7 +153,7 @@ class CommitClient:
 
     def __init__(self, path: str, *, timeout: float = 30.0) -> None:
         self.path = path
-        self._timeout = timeout
+        self.timeout = timeout
         self._local = threading.local()
         self._pid = os.getpid()
 
@@ -172,8 +177,10 @@ class CommitClient:
             verdicts = pickle.loads(reply)
         except (OSError, ConnectionError, pickle.UnpicklingError) as exc:
             self._drop()
+            timed_out = isinstance(exc, TimeoutError)
+            why = f"no answer in {self.timeout:g} s" if timed_out else str(exc)
             raise CommitAnswerLost(f"audit store unavailable: lost the commit process "
-                                   f"({exc})") from exc
+                                   f"({why})", timed_out=timed_out) from exc
         if not isinstance(verdicts, list) or len(verdicts) != len(records):
             self._drop()
             raise CommitAnswerLost("audit store unavailable: malformed commit answer")
@@ -186,7 +193,7 @@ class CommitClient:
         sock: socket.socket | None = getattr(self._local, "sock", None)
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self._timeout)
+            sock.settimeout(self.timeout)
             try:
                 sock.connect(self.path)
             except OSError as exc:

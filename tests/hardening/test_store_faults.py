@@ -399,6 +399,66 @@ def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back
         f"at the kill); {verify.stdout.strip()}")
 
 
+# ------------------------------------------------------------------ a frozen commit process
+
+FROZEN_SECONDS = 12.0
+
+
+def test_a_frozen_commit_process_costs_one_wait_per_worker_not_one_per_request(
+        tmp_path: Path, figures: Figures) -> None:
+    # The commit process alive but stuck (SIGSTOP: a debugger, a cgroup freezer, a
+    # machine swapping): a worker waits for its answer `4 x audit.timeout` (8 s here),
+    # then commits its records itself - and keeps doing so for as long, instead of
+    # making every following request wait the same 8 s. Frozen while idle (between
+    # loads), so it holds no lock the workers need.
+    live = _start(tmp_path, audit_timeout=2)
+    wait = 4 * 2
+    try:
+        with Load(live.base, prefix="thaw-before", clients=8) as warm:
+            warm.wait_for_answers(200, 60)
+        [process] = commit_processes(live.server)
+        load = Load(live.base, prefix="frozen", clients=8, key_every=3)
+        os.kill(process, signal.SIGSTOP)
+        try:
+            with load:
+                frozen = time.monotonic()
+                time.sleep(FROZEN_SECONDS)
+                os.kill(process, signal.SIGCONT)
+                thawed = time.monotonic()
+                load.wait_for_answers(len(load.answered()) + 300, 60)
+        finally:
+            os.kill(process, signal.SIGCONT)
+        outcomes = list(load.outcomes)
+        statuses = Counter(o.status for o in outcomes)
+        assert set(statuses) == {201}, (statuses, [o.error for o in load.unanswered()][:5])
+        # The first requests wait the answer timeout (the server's access log says
+        # 8.01 s), some picked up 1-2 s late by a gunicorn worker whose threads are
+        # all waiting (its main loop then wakes once a second).
+        longest = max(o.ended - o.started for o in outcomes)
+        assert longest < wait + 3.0, longest
+        # Once a worker has waited, it stops asking the frozen process: hundreds
+        # answered while it was still frozen, not a few per 8 s per client.
+        while_frozen = [o for o in outcomes if frozen + wait < o.started and o.ended < thawed]
+        assert len(while_frozen) >= 100, len(while_frozen)
+        assert commit_processes(live.server) == [process]  # thawed, not replaced
+        assert "committing in this worker for the next 8 s" in live.log()
+        url = f"sqlite:///{tmp_path}/audit/audit.db"
+        stored = check_recorded(url, outcomes, "frozen")
+        assert sum(n for loan, n in stored.loan_ids.items()
+                   if loan.startswith("frozen-")) == len(outcomes)
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        _finish(live, "commit-process-frozen")
+    finally:
+        live.server.kill()
+    figures.add(
+        f"commit process frozen (SIGSTOP) for {FROZEN_SECONDS:.0f} s, 8 clients, "
+        f"audit.timeout 2 s: {statuses[201]} decisions, all 201; the longest waited "
+        f"{longest:.2f} s (the answer timeout is {wait} s); {len(while_frozen)} answered "
+        f"by the workers themselves while it was still frozen; each recorded once, "
+        f"{verify.stdout.strip()}")
+
+
 # ------------------------------------------------------------------ PostgreSQL far away
 
 #: Latency the proxy adds to every chunk, each way (a round trip is twice this).
