@@ -218,3 +218,79 @@ def test_the_file_watcher_brings_an_edit_to_every_worker(
     metrics = requests.get(server.base + "/metrics", timeout=10).text
     assert [v for labels, v in samples(metrics, "deficiency_ruleset_reload_total")
             if labels == {"result": "accepted", "trigger": "watcher"}] == [1.0]
+
+
+def test_workers_killed_while_rulesets_are_reloaded_serve_only_accepted_rulesets(
+        tmp_path: Path, rules: Path) -> None:
+    # Reloads published into the shared record (state.json by atomic rename, a copy of
+    # the accepted files) while workers are SIGKILLed, some in the middle of checking or
+    # publishing: a replacement must start from an accepted ruleset, never a broken or
+    # half-copied one, and in the end every worker follows the last one accepted.
+    server, _ = start(tmp_path, rules)
+    original = (rules / "bearer.yaml").read_text()
+    stop = threading.Event()
+    versions: list[str] = []  # the ruleset version of every decision answered
+    statuses: list[int] = []
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            try:
+                r = decide(session, server)
+            except requests.RequestException:
+                session = requests.Session()  # its worker was killed: reconnect
+                continue
+            statuses.append(r.status_code)
+            if r.status_code == 201:
+                versions.append(r.json()["ruleset"]["version"])
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    reloads: list[int | None] = []
+    kills = 0
+    try:
+        for n in range(1, 25):
+            if n % 4 == 0:  # every fourth content is broken: refused, never served
+                break_enum(rules)
+                set_version(rules, f"2099.{n}.66")
+            else:
+                (rules / "bearer.yaml").write_text(original)
+                set_version(rules, f"2099.{n}.0")
+            try:
+                r = requests.post(server.base + "/v1/ruleset/reload", headers=ADMIN,
+                                  timeout=30)
+                reloads.append(r.status_code)
+            except requests.RequestException:  # answered by a worker killed meanwhile
+                reloads.append(None)
+            if n % 3 == 0:
+                deadline = time.monotonic() + 30
+                while len(live := sorted(workers(server))) < 2:  # the last one replaced
+                    assert time.monotonic() < deadline, server.log()
+                    time.sleep(0.05)
+                os.kill(live[kills % 2], signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05)
+        (rules / "bearer.yaml").write_text(original)
+        set_version(rules, "2099.99.0")
+        deadline = time.monotonic() + 30
+        while requests.post(server.base + "/v1/ruleset/reload", headers=ADMIN,
+                            timeout=30).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        wait_converged(server, "2099.99.0", timeout=30)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        code = server.stop()
+    assert code == 0, server.log()
+    assert kills == 8
+    assert set(reloads) <= {200, 422, None}, reloads
+    assert reloads.count(422) >= 3  # the broken contents were refused where answered
+    assert set(statuses) == {201}, set(statuses)
+    broken = [v for v in versions if v.endswith(".66")]
+    assert broken == [], f"decided with a refused ruleset: {sorted(set(broken))}"
+    assert len(versions) > 100 and versions[-1] == "2099.99.0"
+    assert "Traceback" not in server.log()
