@@ -361,6 +361,16 @@ def creep(series: list[int], *, rule: str, slack: int = 0) -> str | None:
     return None
 
 
+def growth_mib_per_hour(at: list[float], rss_kib: list[int]) -> float:
+    """The least-squares slope of RSS after the warm-up, in MiB per hour: over hours it
+    shows a leak too slow for the ratio to the warm-up (a short run makes it noisy)."""
+    split = max(1, round(len(at) * WARMUP))
+    if len(at) - split < 2:
+        return float("nan")
+    slope, _ = statistics.linear_regression(at[split:], rss_kib[split:])  # KiB per s
+    return slope * 3600 / 1024
+
+
 def test_the_flatness_rules_catch_growth_and_tolerate_noise() -> None:
     """The rules the soak applies, on made-up series: a leak trips them, noise does not."""
     flat = [100_000 + (i * 7919) % 3000 for i in range(30)]
@@ -373,6 +383,9 @@ def test_the_flatness_rules_catch_growth_and_tolerate_noise() -> None:
     assert creep([30] * 6 + list(range(30, 54)), rule="count", slack=CLIENTS) is not None
     assert creep([2, 3, 3] + [3] * 27, rule="count", slack=1) is None
     assert creep([2, 3, 3] + [3] * 20 + [5] * 7, rule="count", slack=1) is not None
+    seconds = [2.0 * i for i in range(30)]
+    assert abs(growth_mib_per_hour(seconds, flat)) < 200  # noise: ±1.5 MiB in a minute
+    assert round(growth_mib_per_hour(seconds, leaking)) == round(400 * 3600 / 1024)
 
 
 # ------------------------------------------------------------------ the backends
@@ -482,8 +495,10 @@ def soak(tmp_path: Path, audit_url: str, seconds: float, figures: Figures) -> No
     for role in roles:
         rss = [s.rss_kib.get(role, 0) for s in samples]
         fds = [s.fds.get(role, 0) for s in samples]
+        slope = growth_mib_per_hour([s.at for s in samples[1:-1]], rss[1:-1])
         line = (f"  {role:<8} RSS MiB start {rss[1] / 1024:.1f} end {rss[-1] / 1024:.1f} "
-                f"max {max(rss) / 1024:.1f}; fds start {fds[1]} end {fds[-1]} max {max(fds)}")
+                f"max {max(rss) / 1024:.1f} (after warm-up {slope:+.1f} MiB/h by least "
+                f"squares); fds start {fds[1]} end {fds[-1]} max {max(fds)}")
         if db_file is not None:
             db = [s.db.get(role, 0) for s in samples]
             wal = [s.wal.get(role, 0) for s in samples]
