@@ -408,19 +408,24 @@ class AuditStore:
         def write(connection: Any) -> list[Exception | None]:
             written.clear()
             cursor = connection.cursor()
+            conflicts = connection.cursor() if check else None
             try:
                 # On SQLite the write lock is taken now: nobody else can read the same
                 # chain head (the writer's lock file makes this wait-free).
                 cursor.execute(sql.begin)
                 # The chain head row is the turnstile (FOR UPDATE on PostgreSQL).
                 cursor.execute(sql.head)
+                if conflicts is not None:
+                    # Sent before the head is read: on PostgreSQL it travels in the same
+                    # round trip, and runs after the lock is taken (a pipeline keeps order).
+                    self._ask_conflicts(conflicts, prepared)
                 head = cursor.fetchone()
                 if head is None:
                     raise RuntimeError("audit chain head row is missing")
                 seq, prev_hash = head
                 errors: list[Exception | None]
-                if check:
-                    errors = self._conflicts(cursor, prepared)
+                if conflicts is not None:
+                    errors = self._conflicts(conflicts, prepared)
                     if all_or_nothing:
                         for error in errors:
                             if error is not None:
@@ -446,6 +451,8 @@ class AuditStore:
                 return errors
             finally:
                 cursor.close()
+                if conflicts is not None:
+                    conflicts.close()
 
         def landed(connection: Any) -> bool:
             """Whether the rows `write` inserted are all in the log."""
@@ -469,13 +476,18 @@ class AuditStore:
         except WriterUnavailable as exc:
             raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
 
-    def _conflicts(self, cursor: Any, prepared: list[PreparedRecord]) -> list[Exception | None]:
-        """Per record: the duplicate it would create, or None. Runs under the chain
-        lock, so nothing can slip in between this check and the insert."""
+    def _ask_conflicts(self, cursor: Any, prepared: list[PreparedRecord]) -> None:
+        """Look up the decision ids and idempotency keys of `prepared` already taken
+        (read by `_conflicts`). Runs under the chain lock, so nothing can slip in
+        between this check and the insert."""
         ids = list({p.decision_id: None for p in prepared})
         keys = list({p.idempotency_key: None for p in prepared
                      if p.idempotency_key is not None})
         cursor.execute(self._sql.conflicts(len(ids), len(keys)), [*ids, *keys])
+
+    @staticmethod
+    def _conflicts(cursor: Any, prepared: list[PreparedRecord]) -> list[Exception | None]:
+        """Per record: the duplicate it would create, or None (from `_ask_conflicts`)."""
         taken_ids: set[str] = set()
         taken_keys: dict[str, str] = {}
         for decision_id, key in cursor.fetchall():

@@ -148,20 +148,38 @@ def test_a_forked_child_never_cuts_its_parents_connections(own_pg_url: str) -> N
         assert store.count() == 2 and store.verify().ok
 
 
-@pytest.mark.parametrize("keyed, expected", [(False, 2), (True, 3)])
+@pytest.mark.parametrize("keyed", [False, True])
 def test_an_append_to_postgresql_waits_for_the_database_twice(
-        stalling_store: AuditStore, proxy: TcpProxy, keyed: bool, expected: int) -> None:
+        stalling_store: AuditStore, proxy: TcpProxy, keyed: bool) -> None:
     # Each wait is a network round trip, paid by every group commit: on a database a
     # millisecond away, two are two milliseconds. The chain head under its lock
-    # (BEGIN and SELECT … FOR UPDATE together), then the inserts, the head's update and
-    # COMMIT together; a keyed record adds the duplicate check in between.
+    # (BEGIN and SELECT … FOR UPDATE together, with the duplicate check when a record
+    # carries an Idempotency-Key), then the inserts, the head's update and COMMIT.
     store = stalling_store
     store.append([make_record(1)])  # the write connection is open and kept
     for n in range(2, 5):
         before = proxy.round_trips
         store.append([make_record(n, key=f"k{n}" if keyed else None)])
-        assert proxy.round_trips - before == expected
+        assert proxy.round_trips - before == 2
     assert store.count() == 4 and store.verify().ok
+
+
+def test_a_duplicate_key_is_still_found_under_the_chain_lock(
+        stalling_store: AuditStore) -> None:
+    # The duplicate check travels with the head's SELECT … FOR UPDATE: it must still
+    # see what was committed before the lock was granted, and refuse the duplicate
+    # without writing anything.
+    from service.audit.store import DuplicateIdempotencyKey
+
+    store = stalling_store
+    first = make_record(1, key="same")
+    store.append([first])
+    with pytest.raises(DuplicateIdempotencyKey) as info:
+        store.append([make_record(2), make_record(3, key="same")])
+    assert info.value.decision_id == first.decision_id
+    outcomes = store.append_each([make_record(4), make_record(5, key="same")])
+    assert outcomes[0] is None and isinstance(outcomes[1], DuplicateIdempotencyKey)
+    assert store.count() == 2 and store.verify().ok
 
 
 def test_opening_a_database_that_stops_answering_while_migrating_is_bounded(
