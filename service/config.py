@@ -68,7 +68,7 @@ class RulesConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     url: str = "sqlite:///data/audit.db"
-    timeout: int = 10
+    timeout: int = 10  # service.audit.engine.STORE_TIMEOUT (not imported: config stays light)
 
 
 @dataclass(frozen=True)

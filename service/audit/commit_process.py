@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from service.audit.engine import STORE_TIMEOUT
 from service.audit.store import (
     GROUP_COMMIT_MAX_BATCH,
     AuditStore,
@@ -384,7 +385,7 @@ class CommitProcess:
 
     def __init__(self, url: str, directory: str | None = None, *,
                  start_timeout: float = 30.0, supervise: bool = False,
-                 timeout: int = 10) -> None:
+                 timeout: int = STORE_TIMEOUT) -> None:
         import secrets
 
         self.url = url
@@ -531,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     detach = args[:1] == ["--detach"]
     if detach:
         args = args[1:]
-    timeout = 10
+    timeout = STORE_TIMEOUT
     if args[:1] == ["--timeout"] and len(args) > 1 and args[1].isdigit() and int(args[1]) > 0:
         timeout, args = int(args[1]), args[2:]
     if len(args) != 2:

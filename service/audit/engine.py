@@ -15,6 +15,10 @@ from sqlalchemy.engine import URL, Engine, make_url
 from service.audit.chain import canonical_json
 from service.audit.deadline import deadlines_for
 
+#: Seconds a store waits on the database (locks, and a PostgreSQL server that stops
+#: answering) before StoreUnavailable: the default of `audit.timeout`.
+STORE_TIMEOUT = 10
+
 # Execution option naming the SQLite BEGIN flavour for a connection's transaction.
 SQLITE_BEGIN = "audit_sqlite_begin"
 
@@ -38,7 +42,7 @@ def normalise_url(url: str) -> URL:
     raise ValueError(f"unsupported audit store URL scheme: {parsed.drivername}")
 
 
-def create_audit_engine(url: str, *, busy_timeout: float = 10.0) -> Engine:
+def create_audit_engine(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> Engine:
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
         engine = _sqlite_engine(parsed, busy_timeout)

@@ -40,7 +40,7 @@ from service.audit.chain import (
     format_timestamp,
 )
 from service.audit.deadline import Deadlines, deadlines_for
-from service.audit.engine import create_audit_engine
+from service.audit.engine import STORE_TIMEOUT, create_audit_engine
 from service.audit.migrate import upgrade
 from service.audit.writer import Writer, WriterUnavailable
 
@@ -295,7 +295,7 @@ def _decode_raw(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
 class AuditStore:
     """Append-only, hash-chained decision log. Thread-safe; one per process."""
 
-    def __init__(self, engine: Engine, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, engine: Engine, *, busy_timeout: float = STORE_TIMEOUT) -> None:
         self._engine = engine
         self._busy_timeout = busy_timeout
         self._writer = Writer(engine, timeout=busy_timeout)
@@ -682,7 +682,7 @@ class AuditStore:
         self._engine.dispose()
 
 
-def open_store(url: str, *, busy_timeout: float = 10.0) -> AuditStore:
+def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> AuditStore:
     """Open (creating and migrating as needed) the audit log at `url`.
 
     `sqlite:///path/audit.db` (parent directories are created) or
