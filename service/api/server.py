@@ -38,6 +38,7 @@ from typing import Any
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.http import errors as http_errors
+from gunicorn.http.body import LengthReader
 from gunicorn.workers.gthread import ThreadWorker
 
 from ..logjson import JsonLogFormatter
@@ -155,6 +156,15 @@ class ConnectionShares:
 KEEPALIVE_LINGER = 0.005
 
 
+def _body_read(conn: Any) -> bool:
+    """Whether the connection's last request body was read to its end (gunicorn's
+    `Content-Length` reader at zero and nothing buffered); False when unsure."""
+    body = getattr(getattr(conn.parser, "mesg", None), "body", None)
+    reader = getattr(body, "reader", None)
+    return (type(reader) is LengthReader and reader.length == 0
+            and getattr(body, "failed", True) is False and body.buf.tell() == 0)
+
+
 class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker that stops accepting while it holds more connections
     than another worker: the idle worker then takes the new ones."""
@@ -216,6 +226,16 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 break
             result = super().handle(conn)
         return result
+
+    def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
+        """gthread drains what the app left of a request's body before reusing the
+        connection, with a socket timeout set before and cleared after: two system
+        calls that each let go of the interpreter lock, which a busy worker's other
+        threads then hold. A body read to its end (every route here reads the whole
+        body) leaves nothing to drain."""
+        if keepalive and _body_read(conn):
+            return True
+        return bool(super()._keepalive_after(conn, keepalive))
 
     def _idle_pool(self) -> bool:
         """Whether no accepted request is waiting for a thread of this worker's pool."""

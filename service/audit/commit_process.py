@@ -96,6 +96,39 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
     return bytes(buf)
 
 
+def _kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make `sock` blocking with its timeout kept by the kernel (SO_RCVTIMEO/SNDTIMEO;
+    a call that runs out fails with EAGAIN, BlockingIOError). A Python timeout would
+    poll before every send and receive: each a system call that lets go of the
+    interpreter lock, which a busy worker's other threads then hold."""
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _recv_answer(sock: socket.socket) -> bytes:
+    """One frame, read with as few system calls as it arrives in (usually one)."""
+    data = sock.recv(65536)
+    while True:
+        if not data:
+            raise ConnectionError("the commit process closed the connection")
+        if len(data) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(data)
+            if size > MAX_FRAME:
+                raise ConnectionError(f"frame of {size} bytes refused")
+            end = _HEADER.size + size
+            if len(data) >= end:
+                if len(data) > end:
+                    raise ConnectionError("unexpected bytes after the commit answer")
+                return data[_HEADER.size:]
+        more = sock.recv(65536)
+        if not more:
+            raise ConnectionError("connection closed in the middle of a frame")
+        data += more
+
+
 def _recv(sock: socket.socket) -> bytes | None:
     """One frame, or None when the peer closed the connection between frames."""
     header = _recv_exactly(sock, _HEADER.size)
@@ -171,11 +204,11 @@ class CommitClient:
         payload = pickle.dumps([record.parts for record in records],
                                protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            _send(sock, payload)
-            reply = _recv(sock)
-            if reply is None:
-                raise ConnectionError("the commit process closed the connection")
-            verdicts = pickle.loads(reply)
+            try:
+                sock.sendall(_HEADER.pack(len(payload)) + payload)
+                verdicts = pickle.loads(_recv_answer(sock))
+            except BlockingIOError as exc:  # SO_RCVTIMEO / SO_SNDTIMEO ran out
+                raise TimeoutError(str(exc)) from exc
         except (OSError, ConnectionError, pickle.UnpicklingError) as exc:
             self._drop()
             timed_out = isinstance(exc, TimeoutError)
@@ -200,6 +233,7 @@ class CommitClient:
             except OSError as exc:
                 sock.close()
                 raise CommitProcessUnreachable(str(exc)) from exc
+            _kernel_timeouts(sock, self.timeout)
             self._local.sock = sock
         return sock
 

@@ -23,13 +23,28 @@ _PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
 _SHIFTS = tuple(range(120, -1, -10))
 _id_lock = threading.Lock()
 _last_id = [0]
+#: Random bytes for decision ids, drawn from the OS in blocks: `os.urandom` for each id
+#: is a system call that lets go of the interpreter lock (a thread switch under load).
+_RANDOM_BLOCK = 10 * 256
+_random = bytearray()
+
+
+def _forget_random() -> None:
+    """A forked child must not hand out its parent's random bits again."""
+    _random.clear()
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_decision_id() -> str:
     """A ULID: 48-bit milliseconds + 80 random bits, Crockford base32; sorts by time.
     Strictly increasing within the process."""
-    value = ((time.time_ns() // 1_000_000) << 80) | int.from_bytes(os.urandom(10), "big")
     with _id_lock:
+        if not _random:
+            _random.extend(os.urandom(_RANDOM_BLOCK))
+        value = ((time.time_ns() // 1_000_000) << 80) | int.from_bytes(_random[-10:], "big")
+        del _random[-10:]
         if value <= _last_id[0]:
             value = _last_id[0] + 1
         _last_id[0] = value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from .conftest import CAR, KEYS, RULES, SHORT_SALE, OpenApi, api_keys, facts
-from .servers import Server, free_port, write_config
+from .servers import Server, free_port, start_sqlite_server, write_config
 from .test_decisions import check_car, check_short_sale
 
 
@@ -216,3 +217,49 @@ def test_keep_alive_requests_are_answered_back_to_back_pipelined_and_after_a_pau
         sock.sendall(decide[40:])
         [(status, answer)] = _read_responses(sock, 1)
         assert status == 201, answer
+
+
+
+def test_clients_gone_quiet_after_an_unread_body_hold_no_thread(tmp_path: Path) -> None:
+    """A request refused before its body is read (401, 415) leaves the body on the
+    connection. It is drained before the connection goes back to waiting: a client
+    that then sends nothing more holds no thread. (Skipping the drain, a thread would
+    take the leftover bytes for the start of a next request and wait for the rest.)
+    With more such clients than the server has threads, a decision is still answered,
+    and so is the next request on each of those connections."""
+    import socket
+
+    keys = [{"name": k.name, "sha256": k.sha256, "scopes": sorted(k.scopes)} for k in api_keys()]
+    _, quiet_server = start_sqlite_server(tmp_path, workers=1, threads=2, keys=keys)
+    host, port = quiet_server.base.removeprefix("http://").split(":")
+    body = json.dumps(CAR).encode()
+
+    def post_with(headers: str) -> bytes:
+        return (f"POST /v1/decisions HTTP/1.1\r\nHost: {host}\r\n{headers}"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    key = f"Authorization: Bearer {KEYS['decider'][0]}\r\n"
+    decide = post_with(f"Content-Type: application/json\r\n{key}")
+    refused = [(post_with("Content-Type: application/json\r\n"), 401),
+               (post_with(f"Content-Type: text/plain\r\n{key}"), 415)]
+    quiet: list[socket.socket] = []
+    try:
+        for n in range(6):  # three times the threads
+            request, status = refused[n % 2]
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            quiet.append(sock)
+            sock.sendall(request)
+            [(got, _)] = _read_responses(sock, 1)
+            assert got == status
+        started = time.monotonic()
+        r = requests.post(quiet_server.base + "/v1/decisions", json=CAR,
+                          headers=auth("decider"), timeout=10)
+        assert r.status_code == 201 and time.monotonic() - started < 2
+        for sock in quiet:  # the connections still work, from the next request on
+            sock.sendall(decide)
+            [(got, answer)] = _read_responses(sock, 1)
+            assert got == 201, answer
+    finally:
+        for sock in quiet:
+            sock.close()
+        quiet_server.stop()

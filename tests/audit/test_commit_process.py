@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.audit.commit_process import (
+    CommitAnswerLost,
     CommitClient,
     CommitProcess,
     CommitProcessUnreachable,
@@ -149,3 +153,87 @@ def test_the_process_starts_commits_and_stops(tmp_path, where):
         assert not os.path.exists(process.path)
     with open_store(url) as store:
         assert store.count() == 1 and store.verify().ok
+
+
+class ScriptedCommitProcess:
+    """Takes one request on a Unix socket and answers it as `answer(payload, conn)` does."""
+
+    def __init__(self, path: str, answer) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.answer = answer
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            head = conn.recv(4, socket.MSG_WAITALL)
+            (size,) = struct.unpack("!I", head)
+            self.received.append(conn.recv(size, socket.MSG_WAITALL))
+            self.answer(self.received[-1], conn)
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+def test_an_answer_arriving_in_pieces_is_read_whole(tmp_path):
+    """The client reads an answer in as few receives as it arrives in: one that comes a
+    few bytes at a time is still read to its end, and not past it."""
+
+    def trickle(payload: bytes, conn: socket.socket) -> None:
+        verdicts = pickle.dumps([None, ("id", "01SOMEID")])
+        frame = struct.pack("!I", len(verdicts)) + verdicts
+        for i in range(0, len(frame), 3):
+            conn.sendall(frame[i:i + 3])
+            time.sleep(0.002)
+
+    path = str(tmp_path / "trickle.sock")
+    fake = ScriptedCommitProcess(path, trickle)
+    try:
+        client = CommitClient(path, timeout=5)
+        errors = client.submit_many([prepare(make_record(1)), prepare(make_record(2))])
+        assert errors[0] is None and errors[1].decision_id == "01SOMEID"
+        assert len(pickle.loads(fake.received[0])) == 2
+    finally:
+        fake.close()
+
+
+def test_a_commit_process_that_never_answers_is_given_up_on_after_the_timeout(tmp_path):
+    """The answer's timeout is kept by the kernel (the socket itself blocks): a process
+    that takes the records and stays silent is reported as timed out, not waited for."""
+    release = threading.Event()
+    path = str(tmp_path / "silent.sock")
+    fake = ScriptedCommitProcess(path, lambda payload, conn: release.wait(10))
+    try:
+        client = CommitClient(path, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(CommitAnswerLost, match=r"no answer in 0\.3 s") as lost:
+            client.submit_many([prepare(make_record(1))])
+        waited = time.monotonic() - started
+        assert lost.value.timed_out
+        assert 0.25 <= waited < 2, waited
+    finally:
+        release.set()
+        fake.close()
+
+
+def test_an_answer_with_bytes_after_it_is_refused(tmp_path):
+    """Extra bytes after an answer mean the connection is out of step: the answer is not
+    trusted (the records may or may not be committed)."""
+
+    def garbled(payload: bytes, conn: socket.socket) -> None:
+        verdicts = pickle.dumps([None])
+        conn.sendall(struct.pack("!I", len(verdicts)) + verdicts + b"junk")
+
+    path = str(tmp_path / "garbled.sock")
+    fake = ScriptedCommitProcess(path, garbled)
+    try:
+        with pytest.raises(CommitAnswerLost, match="unexpected bytes") as lost:
+            CommitClient(path, timeout=5).submit_many([prepare(make_record(1))])
+        assert not lost.value.timed_out
+    finally:
+        fake.close()
