@@ -72,6 +72,7 @@ class AuditLink:
         self._closed = False
         self._remote: CommitClient | None = None
         self._remote_retry_at = 0.0
+        self._remote_lost = False  # said so in the log; said again once it answers
         self._report_failure = _FailureReport(FAILURE_REPORT_INTERVAL)
         self._write_failure: tuple[float, str] | None = None  # (when, why), since a success
         try:
@@ -193,13 +194,18 @@ class AuditLink:
         if now < self._remote_retry_at:
             return None
         try:
-            return remote.submit_many(records)
+            outcomes = remote.submit_many(records)
         except CommitProcessUnreachable as exc:
-            if self._remote_retry_at == 0.0:
+            if not self._remote_lost:
+                self._remote_lost = True
                 log.warning("audit commit process unreachable (%s); committing in this "
                             "worker until it is back", exc)
             self._remote_retry_at = now + self._retry_interval
             return None
+        if self._remote_lost:
+            self._remote_lost = False
+            log.info("audit commit process reachable again; committing through it")
+        return outcomes
 
     def append_each(self, records: Sequence[NewRecord]) -> list[Exception | None]:
         """Commit records in one transaction of their own; one entry per record."""

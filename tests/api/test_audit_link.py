@@ -197,3 +197,50 @@ def test_readiness_fails_while_commits_fail_though_the_database_answers(
             blocker.close()
         link.submit(make_record(3))  # a success clears it at once
         assert link.unavailable_reason() is None
+
+
+def test_each_outage_of_the_commit_process_is_logged_and_so_is_its_return(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Not only the first: a worker says when the commit process cannot be reached, once
+    per outage, and when it answers again (before, only the first outage was logged)."""
+    from service.audit.commit_process import CommitServer
+
+    url = f"sqlite:///{tmp_path}/audit.db"
+    path = str(tmp_path / "commit.sock")
+
+    def serve() -> tuple[socket.socket, int, threading.Thread]:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(4)
+        read_fd, write_fd = os.pipe()
+        server = CommitServer(listener, url, control_fd=read_fd)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        return listener, write_fd, thread
+
+    def stop(listener: socket.socket, write_fd: int, thread: threading.Thread) -> None:
+        os.close(write_fd)  # the control pipe closes: the server's loop ends
+        thread.join(10)
+        listener.close()
+        os.unlink(path)
+
+    def said(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+
+    caplog.set_level("INFO", logger="deficiency.api")
+    with AuditLink(url, retry_interval=0.05) as link:
+        link.use_commit_process(CommitClient(path, timeout=5))
+        for outage in (1, 2):
+            link.submit(make_record(10 * outage))  # nobody listening: committed here
+            link.submit(make_record(10 * outage + 1))
+            assert said("commit process unreachable") == outage
+            running = serve()
+            time.sleep(0.1)  # past the retry interval
+            before = link.store().transactions
+            link.submit(make_record(10 * outage + 2))
+            assert link.store().transactions == before  # through the commit process
+            assert said("commit process reachable again") == outage
+            stop(*running)
+            link.submit(make_record(10 * outage + 3))  # its connection is gone: here
+            time.sleep(0.1)
+        assert link.store().count() == 8 and link.store().verify().ok
