@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -677,3 +678,113 @@ def test_sqlite_disk_full_refuses_then_recovers_when_space_returns(
         f"disk stayed full; /readyz {ready_while_full} then), last refusal "
         f"{last_refusal - freed:+.2f} s after the disk grew to {ROOMY_DISK}, "
         f"{statuses[201]} 201 in all; nothing refused was recorded; {verify.stdout.strip()}")
+
+
+class Ext4Disk:
+    """A real ext4 file system (a 64 MiB image on a loop device) mounted at `path` with
+    `errors=remount-ro`, as production disks are."""
+
+    def __init__(self, image: Path, path: Path, trigger: Path) -> None:
+        self.image, self.path, self._trigger = image, path, trigger
+
+    def fail(self) -> None:
+        """Make the kernel see a file-system error (ext4's test trigger): the file system
+        turns read-only under its users, as after a failing disk."""
+        self._trigger.write_text("deficiency test: disk error\n")
+
+    def repair(self) -> None:
+        """What an operator does: unmount, check and repair (`e2fsck`), mount again."""
+        deadline = time.monotonic() + 15  # the server's last process may be exiting
+        while (done := _run(["umount", str(self.path)])).returncode != 0:
+            assert time.monotonic() < deadline, done.stderr
+            time.sleep(0.2)
+        _run(["e2fsck", "-f", "-y", str(self.image)])
+        _run(["mount", "-o", "loop", str(self.image), str(self.path)], check=True)
+
+
+_run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60)
+
+
+@contextlib.contextmanager
+def ext4_disk(tmp: Path) -> Iterator[Ext4Disk]:
+    """An `Ext4Disk` at `tmp/disk`; unmounted (and its loop device released) after."""
+    image, mount_at = tmp / "disk.img", tmp / "disk"
+    mount_at.mkdir()
+    if shutil.which("mkfs.ext4") is None or shutil.which("e2fsck") is None:
+        pytest.skip("needs mkfs.ext4 and e2fsck")
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    _run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mounted = _run(["mount", "-o", "loop,errors=remount-ro", str(image), str(mount_at)])
+    if mounted.returncode != 0:
+        pytest.skip(f"needs to mount an ext4 image on a loop device (root): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        device = Path(_run(["findmnt", "-n", "-o", "SOURCE", str(mount_at)],
+                           check=True).stdout.strip()).name
+        trigger = Path("/sys/fs/ext4") / device / "trigger_fs_error"
+        if not trigger.exists():
+            pytest.skip(f"the kernel offers no {trigger}")
+        yield Ext4Disk(image, mount_at, trigger)
+    finally:
+        # Lazily: the test may still hold the log open; the loop device goes with the
+        # last user.
+        _run(["umount", "--lazy", str(mount_at)])
+
+
+def test_sqlite_on_a_file_system_turned_read_only_refuses_and_keeps_what_it_answered(
+        tmp_path: Path, figures: Figures) -> None:
+    """A disk error under the audit log: the kernel turns the file system read-only
+    (ext4, `errors=remount-ro`) while 8 clients post decisions. From then on every
+    decision is refused with 503 problem+json (never a 2xx, never a 500), `/readyz`
+    says the log cannot be written, `/healthz` still answers, and the server stops
+    cleanly. Every decision answered 201 before the error is in the log once the disk
+    is repaired, and the chain verifies. (There is no recovering without an operator:
+    the file system stays read-only until it is checked and mounted again.)"""
+    url = f"sqlite:///{tmp_path}/disk/audit.db"
+    with ext4_disk(tmp_path) as disk:
+        live = _start(tmp_path, audit_url=url)
+        load = Load(live.base, prefix="ro", clients=8, key_every=4)
+        try:
+            with load:
+                deadline = time.monotonic() + 60
+                while sum(o.ok for o in list(load.outcomes)) < 300:
+                    assert time.monotonic() < deadline, load.statuses()
+                    time.sleep(0.05)
+                disk.fail()
+                failed = time.monotonic()
+                while not any(not o.ok and o.started > failed for o in list(load.outcomes)):
+                    assert time.monotonic() < failed + 30, (
+                        f"nothing refused 30 s after the disk error: {load.statuses()}")
+                    time.sleep(0.05)
+                time.sleep(2)  # refused under the load for a while
+                probe = requests.get(live.base + "/readyz", timeout=10)
+                health = requests.get(live.base + "/healthz", timeout=10)
+            outcomes = list(load.outcomes)
+            assert probe.status_code == 503, probe.text
+            assert "could not be recorded" in probe.json()["detail"], probe.text
+            assert health.status_code == 200
+            odd = [(o.status, o.problem_type, o.error) for o in outcomes
+                   if not o.ok and not _is_refusal(o)]
+            assert odd == [], odd[:5]  # only 201 or 503 store-unavailable; none unanswered
+            late = [o for o in outcomes if o.ok and o.started > failed + 1]
+            assert late == [], f"{len(late)} decisions answered 2xx a second after the error"
+            code = live.server.stop()
+            log = live.log()
+            assert code == 0, log[-3000:]
+            assert "readonly database" in log or "disk I/O error" in log, log[-3000:]
+            assert "Traceback" not in log, log[log.find("Traceback"):][:3000]
+        finally:
+            live.server.kill()
+        disk.repair()
+        # What was answered 201 is there.
+        refused = [o for o in outcomes if not o.ok]
+        stored = check_recorded(url, outcomes, "ro")
+        verify = audit_verify(live.config)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    statuses = Counter(o.status for o in outcomes)
+    figures.add(
+        f"sqlite on ext4 turned read-only by a disk error (8 clients): {statuses[201]} "
+        f"answered 201, all in the log after e2fsck ({stored.rows} rows), {len(refused)} "
+        f"refused with 503 after the error, /readyz {probe.status_code}, /healthz "
+        f"{health.status_code}, clean stop; {verify.stdout.strip()}")
