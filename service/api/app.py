@@ -149,8 +149,9 @@ def _observe(svc: Service, response: Response) -> None:
     # Bounded label values: an arbitrary method must not mint new time series.
     method = req.method if req.method in _METHODS else "OTHER"
     svc.metrics.observe_request(method, rule, status, duration)
-    if svc.access_log is not None:
-        svc.access_log.write(
+    log = svc.access_log
+    if log is not None:
+        fields = dict(
             method=req.method,
             path=req.path,
             status=status,
@@ -161,3 +162,6 @@ def _observe(svc: Service, response: Response) -> None:
             decisions=getattr(ctx, "decisions", None),
             problem=getattr(ctx, "problem_kind", None),
         )
+        # Written once the answer is sent: the write lets go of the interpreter lock,
+        # and under load getting it back can cost the request milliseconds.
+        response.call_on_close(lambda: log.write(**fields))

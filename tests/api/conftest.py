@@ -141,11 +141,14 @@ class ConformingClient:
     def __init__(self, app: Flask) -> None:
         self.app = app
         self._client = app.test_client()
-        doc = self._client.get("/openapi.json").json
+        doc = self._client.get("/openapi.json", buffered=True).json
         self.openapi = OpenApi(doc)
         self.checked = 0
 
     def open(self, method: str, path: str, **kwargs: Any) -> TestResponse:
+        # Buffered: the answer is read whole and closed, as a server does (the access
+        # log line is written when it closes).
+        kwargs.setdefault("buffered", True)
         response = self._client.open(path, method=method, **kwargs)
         if method != "HEAD":
             self.openapi.validate(method, path.split("?")[0], response)

@@ -125,9 +125,14 @@ def test_metrics_add_up_over_the_workers(server: Server) -> None:
 
 def test_access_log_lines_are_json_without_facts_or_keys(server: Server) -> None:
     r = post(server, "/v1/decisions", facts(CAR, loan__id="log-check-loan"), key="decider")
-    lines = [json.loads(line) for line in server.log().splitlines()
-             if line.startswith('{"ts"') and '"event": "access"' in line]
-    mine = [e for e in lines if e.get("decision_id") == r.json()["decision_id"]]
+    deadline = time.monotonic() + 10  # the line is written once the answer is sent
+    while True:
+        lines = [json.loads(line) for line in server.log().splitlines()
+                 if line.startswith('{"ts"') and '"event": "access"' in line]
+        mine = [e for e in lines if e.get("decision_id") == r.json()["decision_id"]]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert mine and mine[0]["status"] == 201 and mine[0]["client"] == "decider"
     assert {"method", "path", "status", "duration_ms"} <= set(mine[0])
     text = server.log()
