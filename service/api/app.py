@@ -29,6 +29,7 @@ from .auth import Keyring, Principal, require_scope
 from .generation import Generation, LocalGeneration
 from .metrics import Metrics
 from .rulesets import ActiveRuleset
+from .turns import Turns
 
 EXTENSION = "deficiency"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -49,6 +50,8 @@ class Service:
     keyring: Keyring
     metrics: Metrics
     access_log: AccessLog | None
+    #: Taken by the server's request threads (`deficiency serve`); let go around waits.
+    turns: Turns
 
     def close(self) -> None:
         """Commit what is queued, close the store, free the engine ruleset."""
@@ -102,12 +105,13 @@ def create_app(
 
     generation = generation or LocalGeneration()
     metrics = Metrics()
+    turns = Turns(on_bypass=metrics.turns_bypassed.inc)
     rulesets = ActiveRuleset(
         config.rules.dir, generation, fallback=fallback_ruleset, observer=metrics,
         watch_interval=generation.watch_interval if watch_interval is None else watch_interval)
     try:
         audit = AuditLink(config.audit.url, opener=audit_opener or functools.partial(
-            open_store, busy_timeout=config.audit.timeout))
+            open_store, busy_timeout=config.audit.timeout), waiting=turns.let_go)
     except BaseException:
         rulesets.close()
         raise
@@ -118,6 +122,7 @@ def create_app(
         keyring=Keyring(config.auth.keys),
         metrics=metrics,
         access_log=AccessLog(access_log_stream) if config.server.access_log else None,
+        turns=turns,
     )
     app.extensions[EXTENSION] = svc
 

@@ -9,10 +9,12 @@ back (pre-ping on PostgreSQL; SQLite reopens the file).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..audit import AuditStore, GroupCommitter, NewRecord, StoreUnavailable, open_store
@@ -60,8 +62,12 @@ class AuditLink:
         *,
         opener: Callable[[str], AuditStore] = open_store,
         retry_interval: float = 1.0,
+        waiting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
+        """`waiting()` surrounds every call that waits on the database or the commit
+        process (the server lets the request's turn go there: `Turns.let_go`)."""
         self._url = url
+        self._waiting = waiting
         self._opener = opener
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
@@ -107,6 +113,20 @@ class AuditLink:
     def store(self) -> AuditStore:
         """The open store; raises StoreUnavailable."""
         return self._open()[0]
+
+    # Reads for the API, each waiting on the database as `waiting()` says.
+
+    def find_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
+        with self._waiting():
+            return self.store().find_by_idempotency_key(key)
+
+    def get(self, decision_id: str) -> dict[str, Any] | None:
+        with self._waiting():
+            return self.store().get(decision_id)
+
+    def query(self, **params: Any) -> tuple[list[dict[str, Any]], str | None]:
+        with self._waiting():
+            return self.store().query(**params)
 
     @property
     def backend(self) -> str | None:
@@ -170,9 +190,9 @@ class AuditLink:
                 else e for e in outcomes]
 
     def _commit_locally(self, records: list[PreparedRecord]) -> list[Exception | None]:
-        committer = self._open()[1]
         try:
-            return committer.commit_prepared(records)
+            with self._waiting():
+                return self._open()[1].commit_prepared(records)
         except RuntimeError as exc:  # committer closed (shutting down)
             raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
 
@@ -194,7 +214,8 @@ class AuditLink:
         if now < self._remote_retry_at:
             return None
         try:
-            outcomes = remote.submit_many(records)
+            with self._waiting():
+                outcomes = remote.submit_many(records)
         except CommitProcessUnreachable as exc:
             if not self._remote_lost:
                 self._remote_lost = True
@@ -214,11 +235,12 @@ class AuditLink:
     def unavailable_reason(self) -> str | None:
         """None when the store answers and the last commit (if one failed within
         WRITE_FAILURE_MEMORY seconds) did not fail; else why not."""
-        try:
-            store = self.store()
-        except StoreUnavailable as exc:
-            return str(exc)
-        if not store.ping():
+        with self._waiting():
+            try:
+                answers = self.store().ping()
+            except StoreUnavailable as exc:
+                return str(exc)
+        if not answers:
             return "audit store unavailable: the database does not answer"
         failure = self._write_failure
         if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_MEMORY:

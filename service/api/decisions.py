@@ -201,7 +201,7 @@ def post_decision() -> Response:
         scoped_key = f"{principal.name}:{key}"
         body_hash = request_hash(doc)
         try:
-            existing = svc.audit.store().find_by_idempotency_key(scoped_key)
+            existing = svc.audit.find_by_idempotency_key(scoped_key)
         except StoreUnavailable:
             raise problems.store_unavailable() from None
         if existing is not None:
@@ -219,7 +219,7 @@ def post_decision() -> Response:
         # A concurrent request with the same key won the race: answer as its retry.
         assert scoped_key is not None and body_hash is not None
         try:
-            existing = svc.audit.store().find_by_idempotency_key(scoped_key)
+            existing = svc.audit.find_by_idempotency_key(scoped_key)
         except StoreUnavailable:
             raise problems.store_unavailable() from None
         if existing is None:  # pragma: no cover - the key was just seen
@@ -316,7 +316,7 @@ def get_decision(decision_id: str) -> Response:
     authorize("audit:read")
     svc = service()
     try:
-        record = svc.audit.store().get(decision_id.upper())
+        record = svc.audit.get(decision_id.upper())
     except StoreUnavailable:
         raise problems.store_unavailable("The audit log cannot be reached. Retry later.") from None
     if record is None:
@@ -355,7 +355,7 @@ def list_decisions() -> Response:
     svc = service()
     params = _query_params()
     try:
-        records, cursor = svc.audit.store().query(**params)
+        records, cursor = svc.audit.query(**params)
     except StoreUnavailable:
         raise problems.store_unavailable("The audit log cannot be reached. Retry later.") from None
     except ValueError as exc:  # a cursor that decodes but the store rejects

@@ -44,6 +44,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from ..logjson import JsonLogFormatter
 from ..policy.model import Ruleset
 from .generation import SharedGeneration
+from .turns import Turns
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -151,6 +152,10 @@ class ConnectionShares:
         return fewest is not None and conns > fewest + 2
 
 
+#: How often a worker that stopped accepting (another worker holds fewer connections)
+#: looks whether it should accept again (seconds).
+SHARE_LOOK = 0.05
+
 #: How long a worker thread waits for the next request on the keep-alive connection it
 #: has just answered before handing the connection back to the poller (seconds).
 KEEPALIVE_LINGER = 0.005
@@ -196,7 +201,7 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
         # our count changed or every 50 ms (others' counts, our heartbeat).
         conns = int(getattr(self, "nr_conns", 0))
         now = time.monotonic()
-        if conns != self._last_conns or now - self._last_look > 0.05:
+        if conns != self._last_conns or now - self._last_look > SHARE_LOOK:
             self._last_conns, self._last_look = conns, now
             shares.publish(slot, conns)
             self._accepting_share = shares.may_accept(slot, conns)
@@ -205,6 +210,16 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
     @worker_connections.setter
     def worker_connections(self, value: int) -> None:
         self._max_conns = value
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread decides whether to accept once per turn of its loop, and a turn can
+        wait a whole second for an event: with its threads serving keep-alive
+        connections (the linger), a worker that stopped accepting slept through it
+        while a client's new connection waited in the listen queue (1.0 s answers,
+        seen when clients reconnect). Not accepting, the loop looks again soon."""
+        if not self._accepting_share:
+            timeout = min(timeout, SHARE_LOOK)
+        super().wait_for_and_dispatch_events(timeout)
 
     def over_share(self) -> bool:
         shares, slot = self._shares, self._slot
@@ -226,6 +241,15 @@ class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
                 break
             result = super().handle(conn)
         return result
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        """Answer one request (its head read) in its turn at the interpreter: in arrival
+        order, one request at a time computing (see `service.api.turns`)."""
+        turns = getattr(self.app, "turns", None)
+        if turns is None:
+            return super().handle_request(req, conn)
+        with turns.hold():
+            return super().handle_request(req, conn)
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         """gthread drains what the app left of a request's body before reusing the
@@ -323,6 +347,7 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         # Read by the workers (set in the master before they are forked).
         self.commit_socket: str | None = None
         self.commit_url: str | None = None
+        self.turns: Turns | None = None  # the worker's, once its app is built
         super().__init__()
 
     def load_config(self) -> None:
@@ -381,6 +406,8 @@ class DeficiencyServer(BaseApplication):  # type: ignore[misc]
         app = create_app(load_config(self._config_path), generation=self._generation,
                          fallback_ruleset=self._startup_ruleset)
         svc = app.extensions.get("deficiency")
+        # This worker's request threads take turns (BalancedThreadWorker.handle_request).
+        self.turns = svc.turns if svc is not None else None
         if self.commit_socket is not None and svc is not None \
                 and svc.config.audit.url == self.commit_url:
             from ..audit.commit_process import CommitClient, answer_timeout

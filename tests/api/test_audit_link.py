@@ -244,3 +244,77 @@ def test_each_outage_of_the_commit_process_is_logged_and_so_is_its_return(
             link.submit(make_record(10 * outage + 3))  # its connection is gone: here
             time.sleep(0.1)
         assert link.store().count() == 8 and link.store().verify().ok
+
+
+class WaitLog:
+    """A `waiting` hook that notes whether a call happened inside it."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.entered = 0
+
+    def __call__(self) -> WaitLog:
+        return self
+
+    def __enter__(self) -> None:
+        assert not self.inside
+        self.inside = True
+        self.entered += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.inside = False
+
+
+class ObservedClient(CommitClient):
+    def __init__(self, path: str, wait: WaitLog) -> None:
+        super().__init__(path)
+        self.wait = wait
+        self.seen: list[bool] = []
+
+    def submit_many(self, records):  # type: ignore[no-untyped-def]
+        self.seen.append(self.wait.inside)
+        return super().submit_many(records)
+
+
+def test_every_wait_on_the_log_happens_inside_the_waiting_hook(tmp_path: Path) -> None:
+    """The server lets a request's turn go there (service/api/turns.py): each wait on
+    the commit process or the database is surrounded by `waiting()`, the encoding of
+    a record is not."""
+    url = f"sqlite:///{tmp_path}/audit.db"
+    wait = WaitLog()
+    process = CommitProcess(url)
+    try:
+        with AuditLink(url, waiting=wait) as link:
+            store = link.store()
+            seen_by_store: list[bool] = []
+            for name in ("ping", "get", "find_by_idempotency_key", "query"):
+                method = getattr(store, name)
+
+                def observed(*a, _method=method, **kw):  # type: ignore[no-untyped-def]
+                    seen_by_store.append(wait.inside)
+                    return _method(*a, **kw)
+                setattr(store, name, observed)
+            client = ObservedClient(process.path, wait)
+            link.use_commit_process(client)
+            record = make_record(1, key="k")
+            link.submit(record)  # through the commit process
+            assert client.seen == [True]
+            assert link.get(record.decision_id)["decision_id"] == record.decision_id
+            assert link.find_by_idempotency_key("k") is not None
+            assert len(link.query(limit=5)[0]) == 1
+            assert link.unavailable_reason() is None
+            assert seen_by_store == [True, True, True, True]
+            process.stop()  # now the link commits by itself, waiting as well
+            committer = link._open()[1]
+            commit_prepared = committer.commit_prepared
+            seen_locally: list[bool] = []
+
+            def observed_commit(records):  # type: ignore[no-untyped-def]
+                seen_locally.append(wait.inside)
+                return commit_prepared(records)
+            committer.commit_prepared = observed_commit  # type: ignore[method-assign]
+            link.submit(make_record(2))
+            assert seen_locally and all(seen_locally)
+            assert not wait.inside
+    finally:
+        process.stop()
