@@ -11,7 +11,12 @@ keep-alive socket each, requests pre-encoded so the client stays cheap):
 - `postgresql`:  POST /v1/decisions, audit log in a fresh PostgreSQL database
                  (created under --pg-url's server and dropped afterwards);
 - `floor`:       POST /v1/_floor with the same body: the same server, routing,
-                 body read and JSON answer, but no decision and no audit write.
+                 body read and JSON answer, but no decision and no audit write;
+- `unrecorded`:  a diagnostic, not a way to run the service: POST /v1/decisions on
+                 the same server with the audit hand-off replaced by nothing (the
+                 decision is validated, made, encoded for the log and answered, but
+                 not recorded). Its ratio to the floor is the most any audit log
+                 could leave: what the decision path costs by itself.
 
 It prints decisions/s, p50/p99 latency, each decision scenario's ratio to the
 floor, the server's CPU time per answer (and the audit commit process's share of
@@ -175,8 +180,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def serve_unrecorded(config: str) -> int:
+    """`deficiency serve` with AuditLink.submit replaced by nothing (the `unrecorded`
+    scenario). Patched in the master before gunicorn forks the workers."""
+    sys.path.insert(0, str(ROOT))
+    from service.api.audit_link import AuditLink
+    from service.audit.store import prepare
+    from service.cli import main as cli_main
+
+    AuditLink.submit = lambda self, record: prepare(record) and None  # type: ignore
+    return int(cli_main(["serve", "--config", config]) or 0)
+
+
 @contextlib.contextmanager
-def server(audit_url: str, workers: int, workdir: Path) -> Iterator[tuple[int, int]]:
+def server(audit_url: str, workers: int, workdir: Path,
+           unrecorded: bool = False) -> Iterator[tuple[int, int]]:
     port = _free_port()
     config = workdir / f"config-{port}.yaml"
     config.write_text(
@@ -184,7 +202,9 @@ def server(audit_url: str, workers: int, workdir: Path) -> Iterator[tuple[int, i
         f"rules:\n  dir: {ROOT / 'rules'}\n"
         f"audit:\n  url: {audit_url}\n")
     log = open(workdir / f"server-{port}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([PYTHON, "-m", "service.cli", "serve", "--config", str(config)],
+    command = ([PYTHON, __file__, "--serve-unrecorded", str(config)] if unrecorded
+               else [PYTHON, "-m", "service.cli", "serve", "--config", str(config)])
+    proc = subprocess.Popen(command,
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -312,11 +332,14 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--only", default="sqlite,postgresql,floor")
+    p.add_argument("--only", default="sqlite,postgresql,floor,unrecorded")
     p.add_argument("--pg-url", default=os.environ.get(
         "DEFICIENCY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
     p.add_argument("--client", help=argparse.SUPPRESS)
+    p.add_argument("--serve-unrecorded", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.serve_unrecorded:
+        return serve_unrecorded(args.serve_unrecorded)
     if args.client:
         spec = json.loads(args.client)
         bodies = [json.dumps(f).encode() for f in SEED_FACTS]
@@ -335,6 +358,11 @@ def main() -> int:
                 if "sqlite" in wanted:
                     results["sqlite"] = load(running, "/v1/decisions", args)
                     results["sqlite"].update(server_means(running))
+        if "unrecorded" in wanted:
+            with server(f"sqlite:///{work / 'unrecorded.db'}", args.workers, work,
+                        unrecorded=True) as running:
+                results["unrecorded"] = load(running, "/v1/decisions", args)
+                results["unrecorded"].update(server_means(running))
         if "postgresql" in wanted:
             with postgres_database(args.pg_url) as url, \
                     server(url, args.workers, work) as running:
@@ -348,7 +376,7 @@ def main() -> int:
           f"{'max ms':>8} {'errors':>7} {'vs floor':>9} {'cpu ms':>7} {'commit':>7} {'others':>7} "
           f"{'decide ms':>10} {'audit ms':>9}")
     floor = results.get("floor", {}).get("rate")
-    for name in ("sqlite", "postgresql", "floor"):
+    for name in ("sqlite", "postgresql", "floor", "unrecorded"):
         r = results.get(name)
         if r is None:
             continue
@@ -362,7 +390,9 @@ def main() -> int:
     print("cpu ms: server CPU (master, workers, audit commit process) per answer; commit: "
           "the audit commit process's share of it; others: cores busy with other work on "
           "the machine meanwhile; decide/audit ms: the server's mean time deciding and "
-          "waiting for the audit commit (from /metrics)")
+          "waiting for the audit commit (from /metrics); unrecorded: a diagnostic, the "
+          "decision path with the audit hand-off replaced by nothing (the ratio no audit "
+          "log could raise)")
     return 0
 
 
