@@ -67,7 +67,7 @@ class Turns:
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Take the turn (in arrival order) for the block; reentrant."""
-        if self._holder == _get_ident():
+        if self.held():
             yield
             return
         self._acquire(self._new)
@@ -79,7 +79,7 @@ class Turns:
     @contextmanager
     def let_go(self) -> Iterator[None]:
         """Let others compute while the block waits; no-op without the turn."""
-        if self._holder != _get_ident():
+        if not self.held():
             yield
             return
         self._release_if_held()
@@ -88,13 +88,13 @@ class Turns:
         finally:
             self._acquire(self._back)
 
-    def _acquire(self, queue: deque[_Waiter]) -> bool:
-        """Wait for the turn; False when `patience` ran out (go ahead without it)."""
+    def _acquire(self, queue: deque[_Waiter]) -> None:
+        """Wait for the turn, or `patience` at most (then go ahead without it)."""
         ident = _get_ident()
         with self._lock:
             if self._holder is None:
                 self._holder, self._since = ident, _monotonic()
-                return True
+                return
             wait = self.patience - (_monotonic() - self._since)
             waiter = None
             if wait > 0:
@@ -102,14 +102,13 @@ class Turns:
                 queue.append(waiter)
         if waiter is not None:
             if waiter.lock.acquire(timeout=wait):
-                return True  # handed over: _holder is us
+                return  # handed over: _holder is us
             with self._lock:
                 if self._holder == ident:  # handed over just as the wait ran out
-                    return True
+                    return
                 queue.remove(waiter)
         if self.on_bypass is not None:
             self.on_bypass()
-        return False
 
     def _release_if_held(self) -> None:
         with self._lock:

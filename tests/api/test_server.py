@@ -272,7 +272,6 @@ def test_clients_gone_quiet_after_an_unread_body_hold_no_thread(tmp_path: Path) 
         quiet_server.stop()
 
 
-
 class _Poller:
     def __init__(self) -> None:
         self.timeouts: list[float] = []
