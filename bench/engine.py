@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from service import facts as facts_mod  # noqa: E402
+from service import strictjson  # noqa: E402
 from service.engine.decide import Decider  # noqa: E402
 from service.policy.loader import load_ruleset  # noqa: E402
-from service.policy.testing import load_cases  # noqa: E402
+from service.tooling.testing import load_cases  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -51,7 +52,7 @@ def bodies() -> list[bytes]:
     for c in cases:
         body = json.dumps(c.facts, default=default).encode()
         try:
-            facts_mod.validate_facts(facts_mod.parse_json(body))
+            facts_mod.validate_facts(strictjson.parse_json(body))
         except facts_mod.FactsInvalid:
             continue
         out.append(body)
@@ -61,7 +62,7 @@ def bodies() -> list[bytes]:
 def run(decider: Decider, payloads: list[bytes], n: int) -> float:
     """CPU seconds of this process for n decisions over the full path (CPU time, not wall
     time, so other work on a shared machine does not count against us)."""
-    parse, validate, decide, dumps = (facts_mod.parse_json, facts_mod.validate_facts,
+    parse, validate, decide, dumps = (strictjson.parse_json, facts_mod.validate_facts,
                                       decider.decide_facts, orjson.dumps)
     k = len(payloads)
     started = time.process_time()

@@ -1,29 +1,28 @@
-"""HTTP benchmark: the real server (`deficiency serve`, 2 workers) under keep-alive load.
+"""HTTP benchmark: today's stack against the working tree's, in one sitting, under keep-alive load.
 
-    .venv/bin/python bench/http.py [--seconds 10] [--connections 16] [--workers 2]
-                                   [--only sqlite,postgresql,floor] [--pg-url URL]
+    .venv/bin/python bench/http.py [--stacks baseline,current] [--baseline REV]
+        [--only sqlite,postgresql,batch] [--seconds 10] [--warmup 2] [--connections 16]
+        [--workers 2] [--threads M] [--server serve|granian] [--baseline-workers 2]
+        [--pg-url URL] [--engine-sample 5000] [--engine-repeat 3] [--start-timeout 60]
 
-For each scenario it starts the server as a subprocess with its own config, waits
-for /readyz, and drives load from a separate client process (threads, one raw
-keep-alive socket each, requests pre-encoded so the client stays cheap):
+Stacks: `baseline` is the service at REV (default fc64932, the commit before issue 13),
+run from a git worktree in /tmp (added when missing) as `deficiency serve` with 2
+workers and its default threads; `current` is this working tree, run as `deficiency
+serve` or, with `--server granian`, by granian's WSGI interface on `bench/wsgi_app.py`,
+in the shape `--workers`/`--threads` give. Both use this interpreter and venv.
 
-- `sqlite`:      POST /v1/decisions, audit log in a SQLite file (the default);
-- `postgresql`:  POST /v1/decisions, audit log in a fresh PostgreSQL database
-                 (created under --pg-url's server and dropped afterwards);
-- `floor`:       POST /v1/_floor with the same body: the same server, routing,
-                 body read and JSON answer, but no decision and no audit write;
-- `unrecorded`:  a diagnostic, not a way to run the service: POST /v1/decisions on
-                 the same server with the audit hand-off replaced by nothing (the
-                 decision is validated, made, encoded for the log and answered, but
-                 not recorded). Its ratio to the floor is the most any audit log
-                 could leave: what the decision path costs by itself.
+Scenarios, each on a freshly started server with a fresh audit log:
+- `sqlite`:     POST /v1/decisions, audit log in a SQLite file;
+- `postgresql`: POST /v1/decisions, audit log in a fresh PostgreSQL database created
+                under --pg-url's server and dropped afterwards;
+- `batch`:      POST /v1/decisions/batch, 100 items per request, SQLite.
 
-It prints decisions/s, p50/p99 latency, each decision scenario's ratio to the
-floor, the server's CPU time per answer (and the audit commit process's share of
-it) and how many cores other work on the machine kept busy meanwhile (a loaded
-machine lowers every figure: compare runs with similar `others`). Targets on a
-2-core machine: >= 1000 decisions/s on SQLite, p99 < 25 ms, ratio >= 0.5. The
-client shares the machine's cores with the server.
+For each it prints recorded decisions/s (answered 2xx; batch items answered 201 counted
+one by one), p50/p99 request latency, the server's CPU time per recorded decision (its
+whole process group: master, workers, helpers) and that CPU divided by the in-process
+decision path's CPU per decision (`bench/engine.py` of the same stack, run first in the
+same sitting). The load comes from a separate client process (one raw keep-alive socket
+per connection, requests pre-encoded), sharing the machine's cores with the server.
 """
 
 from __future__ import annotations
@@ -38,7 +37,10 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
 
 import argparse
 import contextlib
+import importlib.util
 import json
+import re
+import shlex
 import signal
 import socket
 import statistics
@@ -49,11 +51,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+DEFAULT_BASELINE = "fc64932"
+SCENARIOS = ("sqlite", "postgresql", "batch")
+STACKS = ("baseline", "current")
+BATCH_ITEMS = 100
 
 SEED_FACTS: list[dict[str, Any]] = [
     {"jurisdiction": "OH", "as_of": "2026-02-01",
@@ -69,6 +76,10 @@ SEED_FACTS: list[dict[str, Any]] = [
 ]
 
 
+class Failed(Exception):
+    """A stack or scenario that could not be measured; the message says why."""
+
+
 # ------------------------------------------------------------------ load client
 
 
@@ -79,8 +90,8 @@ def _request_bytes(host: str, port: int, path: str, body: bytes) -> bytes:
     return head.encode("ascii") + body
 
 
-def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bool]:
-    """Read one response from the keep-alive socket: (status, server closes)."""
+def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bool, bytes]:
+    """Read one response from the keep-alive socket: (status, server closes, body)."""
     while True:
         end = buf.find(b"\r\n\r\n")
         if end >= 0:
@@ -106,21 +117,34 @@ def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bool]:
         if not chunk:
             raise ConnectionError("server closed the connection")
         buf += chunk
+    body = bytes(buf[end + 4:total])
     del buf[:total]
-    return status, closing
+    return status, closing, body
+
+
+def _recorded(status: int, body: bytes, batch: bool) -> tuple[int, int]:
+    """(decisions recorded, decisions refused) by one answer."""
+    if not 200 <= status < 300:
+        return 0, BATCH_ITEMS if batch else 1
+    if not batch:
+        return 1, 0
+    results = json.loads(body)["results"]
+    done = sum(1 for r in results if r.get("status") == 201)
+    return done, len(results) - done
 
 
 def run_client(host: str, port: int, path: str, bodies: list[bytes], seconds: float,
-               connections: int, warmup: float) -> dict[str, Any]:
+               connections: int, warmup: float, batch: bool) -> dict[str, Any]:
     requests = [_request_bytes(host, port, path, b) for b in bodies]
     start_at = time.perf_counter() + warmup
     stop_at = start_at + seconds
-    results: list[tuple[list[float], int, int]] = []
+    results: list[tuple[list[float], int, int, int]] = []
+    problems: list[str] = []
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
         latencies: list[float] = []
-        ok = bad = 0
+        recorded = refused = everything = 0
         sock: socket.socket | None = None
         buf = bytearray()
         i = offset
@@ -129,28 +153,39 @@ def run_client(host: str, port: int, path: str, bodies: list[bytes], seconds: fl
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
                     break
-                if sock is None:  # (re)connect: the server recycles connections
-                    sock = socket.create_connection((host, port))
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    buf.clear()
-                sock.sendall(requests[i % len(requests)])
-                i += 1
-                status, closing = _read_response(sock, buf)
+                try:
+                    if sock is None:  # (re)connect: the server may recycle connections
+                        sock = socket.create_connection((host, port), timeout=30)
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        buf.clear()
+                    sock.sendall(requests[i % len(requests)])
+                    i += 1
+                    status, closing, body = _read_response(sock, buf)
+                    done, bad = _recorded(status, body, batch)
+                except (OSError, ValueError) as exc:  # reset, timed out, garbled: counted
+                    with lock:
+                        problems.append(f"{type(exc).__name__}: {exc}")
+                    if sock is not None:
+                        sock.close()
+                        sock = None
+                    if t0 >= start_at:
+                        refused += BATCH_ITEMS if batch else 1
+                    time.sleep(0.05)
+                    continue
                 if closing:
                     sock.close()
                     sock = None
                 t1 = time.perf_counter()
+                everything += done
                 if t0 >= start_at:
                     latencies.append(t1 - t0)
-                    if 200 <= status < 300:
-                        ok += 1
-                    else:
-                        bad += 1
+                    recorded += done
+                    refused += bad
         finally:
             if sock is not None:
                 sock.close()
         with lock:
-            results.append((latencies, ok, bad))
+            results.append((latencies, recorded, refused, everything))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(connections)]
     for t in threads:
@@ -158,20 +193,70 @@ def run_client(host: str, port: int, path: str, bodies: list[bytes], seconds: fl
     for t in threads:
         t.join()
     latencies = sorted(x for r in results for x in r[0])
-    ok = sum(r[1] for r in results)
-    bad = sum(r[2] for r in results)
 
     def pct(p: float) -> float:
         if not latencies:
             return float("nan")
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-    return {"ok": ok, "errors": bad, "rate": ok / seconds, "p50_ms": pct(0.50),
-            "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-            "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan")}
+    recorded = sum(r[1] for r in results)
+    return {"recorded": recorded, "errors": sum(r[2] for r in results),
+            "recorded_all": sum(r[3] for r in results),  # warm-up included
+            "rate": recorded / seconds, "requests": len(latencies) / seconds,
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+            "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+            "problems": sorted(set(problems))[:5]}
 
 
-# ------------------------------------------------------------------ server
+def client_bodies(batch: bool) -> list[bytes]:
+    if batch:
+        items = [SEED_FACTS[i % len(SEED_FACTS)] for i in range(BATCH_ITEMS)]
+        return [json.dumps({"items": items}).encode()]
+    return [json.dumps(f).encode() for f in SEED_FACTS]
+
+
+# ------------------------------------------------------------------ stacks and servers
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str  # baseline | current
+    root: Path  # the source tree run (PYTHONPATH and working directory)
+    revision: str
+    runner: str  # serve | granian
+    workers: int
+    threads: int | None  # None: the stack's default
+
+    @property
+    def shape(self) -> str:
+        threads = "its default threads" if self.threads is None else f"{self.threads} threads"
+        return f"{self.runner}, {self.workers} workers x {threads}"
+
+
+def _git(*args: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(["git", "--no-optional-locks", "-C", str(cwd), *args],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise Failed(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def baseline_tree(rev: str) -> tuple[Path, str]:
+    """The worktree of `rev` in /tmp (added, detached, when missing): (path, short sha)."""
+    full = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    short = _git("rev-parse", "--short=7", full)
+    path = Path("/tmp") / f"deficiency-baseline-{short}"
+    if not path.exists():
+        _git("worktree", "add", "--detach", str(path), full)
+    elif _git("rev-parse", "HEAD", cwd=path) != full:
+        raise Failed(f"{path} exists but is not at {short}: remove it or pick another --baseline")
+    return path, short
+
+
+def current_revision() -> str:
+    head = _git("rev-parse", "--short=7", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}+changes" if dirty else head
 
 
 def _free_port() -> int:
@@ -180,38 +265,64 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_unrecorded(config: str) -> int:
-    """`deficiency serve` with AuditLink.submit replaced by nothing (the `unrecorded`
-    scenario). Patched in the master before gunicorn forks the workers."""
-    sys.path.insert(0, str(ROOT))
-    from service.api.audit_link import AuditLink
-    from service.audit.store import prepare
-    from service.cli import main as cli_main
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace").rstrip("\n").splitlines()
+    except OSError:
+        return "(no server log)"
+    return "\n".join("    | " + line for line in text[-lines:]) or "    | (empty log)"
 
-    AuditLink.submit = lambda self, record: prepare(record) and None  # type: ignore
-    return int(cli_main(["serve", "--config", config]) or 0)
+
+def _server_env(stack: Stack, config: Path, metrics_dir: Path) -> dict[str, str]:
+    # No DEFICIENCY_* from the caller's environment: the written config is the whole story.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEFICIENCY_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(stack.root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["DEFICIENCY_CONFIG"] = str(config)
+    if stack.runner == "granian":  # `deficiency serve` sets its own
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env
+
+
+def _server_command(stack: Stack, config: Path, port: int) -> list[str]:
+    if stack.runner == "serve":
+        return [PYTHON, "-m", "service.cli", "serve", "--config", str(config)]
+    if importlib.util.find_spec("granian") is None:
+        raise Failed("granian is not installed (.venv/bin/pip install granian)")
+    command = [PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
+               "--port", str(port), "--workers", str(stack.workers)]
+    if stack.threads is not None:
+        command += ["--blocking-threads", str(stack.threads)]
+    return [*command, "bench.wsgi_app:app"]
 
 
 @contextlib.contextmanager
-def server(audit_url: str, workers: int, workdir: Path,
-           unrecorded: bool = False) -> Iterator[tuple[int, int]]:
+def server(stack: Stack, audit_url: str, workdir: Path,
+           start_timeout: float) -> Iterator[tuple[int, int]]:
+    """A started server of `stack` on a free port: (port, process group id). Raises Failed
+    with the tail of the server's log when it exits or is not ready in time."""
     port = _free_port()
     config = workdir / f"config-{port}.yaml"
+    threads = "" if stack.threads is None else f"  threads: {stack.threads}\n"
     config.write_text(
-        f"server:\n  bind: 127.0.0.1:{port}\n  workers: {workers}\n"
-        f"rules:\n  dir: {ROOT / 'rules'}\n"
+        f"server:\n  bind: 127.0.0.1:{port}\n  workers: {stack.workers}\n{threads}"
+        f"rules:\n  dir: {stack.root / 'rules'}\n"
         f"audit:\n  url: {audit_url}\n")
-    log = open(workdir / f"server-{port}.log", "wb")  # noqa: SIM115
-    command = ([PYTHON, __file__, "--serve-unrecorded", str(config)] if unrecorded
-               else [PYTHON, "-m", "service.cli", "serve", "--config", str(config)])
-    proc = subprocess.Popen(command,
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    metrics_dir = workdir / f"metrics-{port}"
+    metrics_dir.mkdir()
+    log_path = workdir / f"server-{port}.log"
+    command = _server_command(stack, config, port)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=stack.root,
+                                env=_server_env(stack, config, metrics_dir),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                raise SystemExit(f"server exited ({proc.returncode}); see {log.name}")
+                raise Failed(f"server exited with status {proc.returncode} before it was "
+                             f"ready: {shlex.join(command)}\n{_tail(log_path)}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                     if r.status == 200:
@@ -219,7 +330,8 @@ def server(audit_url: str, workers: int, workdir: Path,
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready after 60 s; see {log.name}")
+                raise Failed(f"server not ready after {start_timeout:g} s: "
+                             f"{shlex.join(command)}\n{_tail(log_path)}")
             time.sleep(0.1)
         yield port, proc.pid
     finally:
@@ -230,7 +342,9 @@ def server(audit_url: str, workers: int, workdir: Path,
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+        if _group_members(proc.pid):  # a helper outlived the master: still our group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -238,8 +352,11 @@ def postgres_database(server_url: str) -> Iterator[str]:
     import psycopg
 
     name = f"deficiency_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise Failed(f"cannot create a database under {server_url}: {exc}") from None
     base, _, _ = server_url.rpartition("/")
     try:
         yield f"{base}/{name}"
@@ -248,10 +365,23 @@ def postgres_database(server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# ------------------------------------------------------------------ measurement
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_bytes().rsplit(b")", 1)[1].split()[2]) == pgid:
+                    members.append(int(entry.name))
+    return members
+
+
 def group_cpu_seconds(pgid: int) -> tuple[float, float]:
-    """CPU time (user + system) used so far by the processes of a process group (the
-    server's master, workers and audit commit process): (all of them, the commit
-    process alone)."""
+    """CPU time (user + system) used so far by the processes of a process group — the
+    server's master, workers and any helper — and by the children they reaped: (all of
+    it, the audit commit process's share; 0 when there is none)."""
     total = commit = 0
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -261,7 +391,7 @@ def group_cpu_seconds(pgid: int) -> tuple[float, float]:
             fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
             if int(fields[2]) != pgid:
                 continue
-            used = int(fields[11]) + int(fields[12])
+            used = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
             if b"service.audit.commit_process" in (entry / "cmdline").read_bytes():
                 commit += used
         except OSError:
@@ -278,19 +408,26 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def load(server: tuple[int, int], path: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run the client in its own process, so its GIL is not the server's."""
+def load(running: tuple[int, int], path: str, batch: bool,
+         args: argparse.Namespace) -> dict[str, Any]:
+    """Run the client in its own process (its GIL is not the server's) and account the
+    server's CPU per recorded decision, warm-up included on both sides."""
     import resource
 
-    port, pgid = server
-    spec = json.dumps({"port": port, "path": path, "seconds": args.seconds,
+    port, pgid = running
+    spec = json.dumps({"port": port, "path": path, "seconds": args.seconds, "batch": batch,
                        "connections": args.connections, "warmup": args.warmup})
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_before = usage.ru_utime + usage.ru_stime
     busy_before, (cpu_before, commit_before) = machine_busy_seconds(), group_cpu_seconds(pgid)
     started = time.monotonic()
-    out = subprocess.run([PYTHON, __file__, "--client", spec], check=True,
-                         capture_output=True, text=True, cwd=ROOT)
+    try:
+        out = subprocess.run([PYTHON, __file__, "--client", spec], capture_output=True,
+                             text=True, cwd=ROOT, timeout=args.seconds + args.warmup + 120)
+    except subprocess.TimeoutExpired:
+        raise Failed("the load client did not finish (server stuck?)") from None
+    if out.returncode != 0:
+        raise Failed(f"the load client failed:\n{out.stderr.strip()[-2000:]}")
     elapsed = time.monotonic() - started
     cpu, commit = group_cpu_seconds(pgid)
     cpu, commit = cpu - cpu_before, commit - commit_before
@@ -298,102 +435,205 @@ def load(server: tuple[int, int], path: str, args: argparse.Namespace) -> dict[s
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = usage.ru_utime + usage.ru_stime - client_before
     result = dict(json.loads(out.stdout))
-    answered = result["ok"] * (args.seconds + args.warmup) / args.seconds
-    # Server CPU per answer, warm-up included (approximately: same rate assumed).
-    result["server_cpu_ms"] = cpu / answered * 1000 if answered else float("nan")
-    result["commit_cpu_ms"] = commit / answered * 1000 if answered else float("nan")
+    everything = result["recorded_all"]
+    result["server_cpu_ms"] = cpu / everything * 1000 if everything else float("nan")
+    result["commit_cpu_ms"] = commit / everything * 1000 if everything else float("nan")
     # Cores kept busy by anything but this benchmark (other work on the machine).
     result["other_cores"] = max(0.0, busy - cpu - client) / elapsed
     return result
 
 
-def server_means(server: tuple[int, int]) -> dict[str, float]:
-    """Mean time per decision spent deciding and waiting for the audit commit, from
-    the server's own histograms (all workers)."""
-    port = server[0]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
+def server_means(port: int) -> dict[str, float]:
+    """Mean time per decision spent deciding and per audit write, from the server's own
+    histograms (all workers); NaN where the server does not expose them."""
+    means = {"decide_ms": float("nan"), "audit_ms": float("nan")}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return means
     values: dict[str, float] = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name.endswith(("_sum", "_count")) and "{" not in name:
-            values[name] = float(value)
-    means = {}
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
     for key, metric in (("decide_ms", "deficiency_decision_duration_seconds"),
                         ("audit_ms", "deficiency_audit_write_duration_seconds")):
         count = values.get(f"{metric}_count", 0.0)
-        means[key] = values.get(f"{metric}_sum", 0.0) / count * 1000 if count else float("nan")
+        if count:
+            means[key] = values.get(f"{metric}_sum", 0.0) / count * 1000
     return means
+
+
+_ENGINE_LINE = re.compile(r"^\(a\) full path.*?\s([\d,]+)\s+([\d.]+)\s*$", re.MULTILINE)
+
+
+def engine_ms(stack: Stack, args: argparse.Namespace) -> float:
+    """CPU ms per decision of the in-process decision path: `bench/engine.py` of the
+    stack's own tree, its full path with the durable-rules engine."""
+    command = [PYTHON, "bench/engine.py", "--repeat", str(args.engine_repeat),
+               "--sample", str(args.engine_sample), "--decisions", "1000"]
+    env = dict(os.environ, PYTHONPATH=str(stack.root))
+    try:
+        out = subprocess.run(command, cwd=stack.root, env=env, capture_output=True, text=True,
+                             timeout=900)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{shlex.join(command)} in {stack.root}: no answer in 900 s") from None
+    found = _ENGINE_LINE.search(out.stdout)
+    if out.returncode != 0 or found is None:
+        tail = "\n".join("    | " + x for x in (out.stderr or out.stdout).splitlines()[-15:])
+        raise Failed(f"{shlex.join(command)} in {stack.root} failed "
+                     f"(status {out.returncode}):\n{tail}")
+    return float(found.group(2)) / 1000
+
+
+def run_scenario(stack: Stack, scenario: str, work: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    batch = scenario == "batch"
+    path = "/v1/decisions/batch" if batch else "/v1/decisions"
+    with contextlib.ExitStack() as stack_of:
+        if scenario == "postgresql":
+            url = stack_of.enter_context(postgres_database(args.pg_url))
+        else:
+            url = f"sqlite:///{work / f'audit-{stack.name}-{scenario}-{uuid.uuid4().hex[:6]}.db'}"
+        port, pgid = stack_of.enter_context(server(stack, url, work, args.start_timeout))
+        result = load((port, pgid), path, batch, args)
+        result.update(server_means(port))
+    return result
+
+
+# ------------------------------------------------------------------ report
+
+
+def _f(value: float, spec: str) -> str:
+    return "-" if value != value else format(value, spec)  # NaN: not measured
+
+
+def report(stacks: list[Stack], wanted: list[str], engine: dict[str, tuple[float, str]],
+           results: dict[tuple[str, str], dict[str, Any] | str],
+           args: argparse.Namespace) -> None:
+    print()
+    print(f"$ {shlex.join(sys.orig_argv)}")
+    print(f"{args.connections} keep-alive connections, {args.seconds:g} s per scenario after "
+          f"{args.warmup:g} s warm-up, {os.cpu_count()} CPUs, batch {BATCH_ITEMS} items")
+    for s in stacks:
+        ms, note = engine.get(s.name, (float("nan"), "not measured"))
+        print(f"  {s.name:<9} {s.revision:<16} {s.shape:<38} in-process "
+              f"{_f(ms, '.3f')} ms CPU/decision{note}")
+    print(f"{'stack':<9} {'scenario':<11} {'dec/s':>8} {'req/s':>8} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'errors':>6} {'cpu ms':>7} {'ratio':>6} {'commit':>7} "
+          f"{'others':>6} {'decide':>7} {'audit':>7}")
+    for scenario in wanted:
+        for s in stacks:
+            r = results.get((s.name, scenario))
+            if r is None:
+                continue
+            if isinstance(r, str):
+                print(f"{s.name:<9} {scenario:<11} FAILED: {r.splitlines()[0]}")
+                continue
+            ms = engine.get(s.name, (float("nan"), ""))[0]
+            print(f"{s.name:<9} {scenario:<11} {r['rate']:>8.0f} {r['requests']:>8.0f} "
+                  f"{_f(r['p50_ms'], '.2f'):>7} {_f(r['p99_ms'], '.2f'):>7} "
+                  f"{r['errors']:>6} {_f(r['server_cpu_ms'], '.3f'):>7} "
+                  f"{_f(r['server_cpu_ms'] / ms, '.2f'):>6} "
+                  f"{_f(r['commit_cpu_ms'] or float('nan'), '.3f'):>7} "
+                  f"{r['other_cores']:>6.2f} {_f(r['decide_ms'], '.2f'):>7} "
+                  f"{_f(r['audit_ms'], '.2f'):>7}")
+            for problem in r["problems"]:
+                print(f"{'':<21} client: {problem}")
+    print("dec/s: decisions recorded per second (answered 2xx; batch: items answered 201)\n"
+          "req/s: requests answered per second; p50/p99: request latency\n"
+          "cpu ms: server CPU per recorded decision, warm-up included (its process group:\n"
+          "  master, workers, helpers; not PostgreSQL's own)\n"
+          "ratio: cpu ms / the stack's in-process CPU per decision (bench/engine.py, this\n"
+          "  sitting; issue 13: today's about 7, target at most 4)\n"
+          "commit: the audit commit process's share of cpu ms (-: there is none)\n"
+          "others: cores busy with other work on the machine meanwhile (compare runs with\n"
+          "  similar values); decide/audit: the server's mean ms per decision and per audit\n"
+          "  write (its /metrics)")
+
+
+# ------------------------------------------------------------------ main
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise SystemExit(f"{what}: unknown {', '.join(unknown) or '(none given)'} "
+                         f"(choose from {', '.join(allowed)})")
+    return [n for n in allowed if n in names]
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stacks", default="baseline,current", help="baseline,current")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="REV",
+                   help="commit of today's stack (default %(default)s)")
+    p.add_argument("--only", default=",".join(SCENARIOS), help="sqlite,postgresql,batch")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--connections", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--only", default="sqlite,postgresql,floor,unrecorded")
+    p.add_argument("--workers", type=int, default=2, help="current stack's worker processes")
+    p.add_argument("--threads", type=int, default=None,
+                   help="current stack's threads per worker (default: the server's own)")
+    p.add_argument("--server", choices=("serve", "granian"), default="serve",
+                   help="current stack's runner: `deficiency serve` or granian (WSGI)")
+    p.add_argument("--baseline-workers", type=int, default=2)
     p.add_argument("--pg-url", default=os.environ.get(
         "DEFICIENCY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
+    p.add_argument("--engine-sample", type=int, default=5000,
+                   help="decisions per timed repeat of bench/engine.py")
+    p.add_argument("--engine-repeat", type=int, default=3)
+    p.add_argument("--start-timeout", type=float, default=60.0)
     p.add_argument("--client", help=argparse.SUPPRESS)
-    p.add_argument("--serve-unrecorded", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_unrecorded:
-        return serve_unrecorded(args.serve_unrecorded)
     if args.client:
         spec = json.loads(args.client)
-        bodies = [json.dumps(f).encode() for f in SEED_FACTS]
-        print(json.dumps(run_client("127.0.0.1", spec["port"], spec["path"], bodies,
-                                    spec["seconds"], spec["connections"], spec["warmup"])))
+        print(json.dumps(run_client("127.0.0.1", spec["port"], spec["path"],
+                                    client_bodies(spec["batch"]), spec["seconds"],
+                                    spec["connections"], spec["warmup"], spec["batch"])))
         return 0
 
-    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
-    results: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="deficiency-bench-") as tmp:
-        work = Path(tmp)
-        if "sqlite" in wanted or "floor" in wanted:
-            with server(f"sqlite:///{work / 'audit.db'}", args.workers, work) as running:
-                if "floor" in wanted:
-                    results["floor"] = load(running, "/v1/_floor", args)
-                if "sqlite" in wanted:
-                    results["sqlite"] = load(running, "/v1/decisions", args)
-                    results["sqlite"].update(server_means(running))
-        if "unrecorded" in wanted:
-            with server(f"sqlite:///{work / 'unrecorded.db'}", args.workers, work,
-                        unrecorded=True) as running:
-                results["unrecorded"] = load(running, "/v1/decisions", args)
-                results["unrecorded"].update(server_means(running))
-        if "postgresql" in wanted:
-            with postgres_database(args.pg_url) as url, \
-                    server(url, args.workers, work) as running:
-                results["postgresql"] = load(running, "/v1/decisions", args)
-                results["postgresql"].update(server_means(running))
+    wanted = _names(args.only, SCENARIOS, "--only")
+    stacks: list[Stack] = []
+    for name in _names(args.stacks, STACKS, "--stacks"):
+        if name == "baseline":
+            try:
+                root, short = baseline_tree(args.baseline)
+            except Failed as exc:
+                raise SystemExit(f"baseline: {exc}") from None
+            stacks.append(Stack("baseline", root, short, "serve", args.baseline_workers, None))
+        else:
+            stacks.append(Stack("current", ROOT, current_revision(), args.server,
+                                args.workers, args.threads))
 
-    print(f"{args.workers} workers, {args.connections} keep-alive connections, "
-          f"{args.seconds:g} s per scenario (after {args.warmup:g} s warm-up), "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'scenario':<12} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-          f"{'max ms':>8} {'errors':>7} {'vs floor':>9} {'cpu ms':>7} {'commit':>7} {'others':>7} "
-          f"{'decide ms':>10} {'audit ms':>9}")
-    floor = results.get("floor", {}).get("rate")
-    for name in ("sqlite", "postgresql", "floor", "unrecorded"):
-        r = results.get(name)
-        if r is None:
-            continue
-        ratio = f"{r['rate'] / floor:.2f}" if floor and name != "floor" else "-"
-        server_side = (f" {r['decide_ms']:>10.2f} {r['audit_ms']:>9.2f}" if "decide_ms" in r
-                       else "")
-        print(f"{name:<12} {r['rate']:>9.0f} {r['p50_ms']:>8.2f} {r['p90_ms']:>8.2f} "
-              f"{r['p99_ms']:>8.2f} {r['max_ms']:>8.1f} {r['errors']:>7} {ratio:>9} "
-              f"{r['server_cpu_ms']:>7.2f} {r['commit_cpu_ms']:>7.2f} {r['other_cores']:>7.2f}"
-              + server_side)
-    print("cpu ms: server CPU (master, workers, audit commit process) per answer; commit: "
-          "the audit commit process's share of it; others: cores busy with other work on "
-          "the machine meanwhile; decide/audit ms: the server's mean time deciding and "
-          "waiting for the audit commit (from /metrics); unrecorded: a diagnostic, the "
-          "decision path with the audit hand-off replaced by nothing (the ratio no audit "
-          "log could raise)")
-    return 0
+    engine: dict[str, tuple[float, str]] = {}
+    for s in stacks:
+        print(f"[{s.name}] bench/engine.py ...", file=sys.stderr, flush=True)
+        try:
+            engine[s.name] = (engine_ms(s, args), "")
+        except Failed as exc:
+            print(f"[{s.name}] in-process measurement FAILED: {exc}", file=sys.stderr)
+    for s in stacks:  # a stack whose bench/engine.py fails borrows the other's figure
+        if s.name not in engine and engine:
+            other, (ms, _) = next(iter(engine.items()))
+            engine[s.name] = (ms, f" (its own bench/engine.py failed: {other}'s figure)")
+
+    results: dict[tuple[str, str], dict[str, Any] | str] = {}
+    with tempfile.TemporaryDirectory(prefix="deficiency-bench-") as tmp:
+        for scenario in wanted:  # stacks interleaved, so both see the same machine
+            for s in stacks:
+                print(f"[{s.name}] {scenario} ({s.shape}) ...", file=sys.stderr, flush=True)
+                try:
+                    results[(s.name, scenario)] = run_scenario(s, scenario, Path(tmp), args)
+                except Failed as exc:
+                    print(f"[{s.name}] {scenario} FAILED: {exc}", file=sys.stderr, flush=True)
+                    results[(s.name, scenario)] = str(exc)
+    report(stacks, wanted, engine, results, args)
+    failed = any(isinstance(r, str) for r in results.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from service import facts as facts_mod  # noqa: E402
-from service import replay as replay_mod  # noqa: E402
-from service.audit.store import NewRecord, open_store  # noqa: E402
+from service.audit import NewRecord, open_store  # noqa: E402
 from service.config import cpu_count  # noqa: E402
 from service.engine.decide import Decider, new_decision_id  # noqa: E402
 from service.policy.loader import load_ruleset  # noqa: E402
+from service.tooling import replay as replay_mod  # noqa: E402
 
 TEMPLATES = 4000
 BATCH = 1000

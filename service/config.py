@@ -56,7 +56,6 @@ class ServerConfig:
     timeout: int = 30
     graceful_timeout: int = 30
     keepalive: int = 5
-    keepalive_requests: int = 1000
     access_log: bool = True
 
 
@@ -68,7 +67,7 @@ class RulesConfig:
 @dataclass(frozen=True)
 class AuditConfig:
     url: str = "sqlite:///data/audit.db"
-    timeout: int = 10  # service.audit.engine.STORE_TIMEOUT (not imported: config stays light)
+    timeout: int = 10  # service.audit.database.STORE_TIMEOUT (not imported: config stays light)
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,6 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "timeout": _int(1, 3600),
         "graceful_timeout": _int(1, 3600),
         "keepalive": _int(0, 3600),
-        "keepalive_requests": _int(0, 1_000_000),
         "access_log": _bool,
     },
     "rules": {"dir": _rules_dir},

@@ -1,18 +1,14 @@
-"""Strict parsing, validation and normalisation of posted facts (SPEC §2).
+"""Posted facts (SPEC §2): the field table, validation and normalisation. Pure, no I/O.
 
-Two steps, both raising only :class:`FactsInvalid`:
-
-* :func:`parse_json` turns request bytes into Python values.  Numbers are read
-  from their JSON text as exact values (integers as ``int``, everything else as
-  ``decimal.Decimal``), never through a binary float.  NaN/Infinity literals,
-  duplicate object keys, invalid UTF-8, a byte-order mark, nesting deeper than
-  ``max_depth`` and malformed JSON are rejected.
-* :func:`validate_facts` checks a parsed document against the declarative
-  field table (:data:`FACT_FIELDS`, :data:`FACT_ENUMS`, :data:`FACT_DEFAULTS`)
-  and returns a new, normalised nested dict, or reports every violation at once.
-
-:func:`to_json_facts` turns normalised facts back into JSON-ready values
-(money as two-decimal strings, dates as ISO strings).
+* :data:`FIELDS` is the one declarative table: a :class:`Field` per leaf path with its
+  kind, bounds, allowed values, default and requirement. The validator is compiled from
+  it, and every reader (the OpenAPI document, the rule analysis) reads it instead of
+  repeating a bound; :data:`FACT_FIELDS` and the other ``FACT_*`` mappings derive from it.
+* :func:`validate_facts` checks a parsed document (see :mod:`service.strictjson`) and
+  returns a new, normalised nested dict, or raises :class:`FactsInvalid` listing every
+  violation at once, each with its dotted JSON path.
+* :func:`to_json_facts` turns normalised facts back into JSON-ready values (money as
+  two-decimal strings, dates as ISO strings).
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, Rounded
-from itertools import accumulate
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -32,17 +27,24 @@ __all__ = [
     "FACT_FIELDS",
     "FACT_OPTIONAL",
     "FACT_REQUIRED",
-    "FactsInvalid",
-    "FieldError",
+    "FIELDS",
+    "FIELDS_BY_PATH",
     "JURISDICTIONS",
+    "DATE_TEXT",
+    "KINDS",
     "MAX_BODY_BYTES",
-    "MAX_DEPTH",
+    "MAX_DATE",
     "MAX_ERRORS",
     "MAX_MONEY",
-    "MAX_NUMBER_CHARS",
     "MIN_DATE",
-    "MAX_DATE",
-    "parse_json",
+    "MONEY_PLACES",
+    "MONEY_TEXT",
+    "NO_DEFAULT",
+    "TODAY",
+    "FactsInvalid",
+    "Field",
+    "FieldError",
+    "field_path",
     "to_json_facts",
     "validate_facts",
 ]
@@ -50,22 +52,18 @@ __all__ = [
 # --------------------------------------------------------------------------- limits
 
 #: Largest request body the HTTP layer should accept for one facts document.
-#: ``parse_json`` itself only enforces a size when given ``max_bytes``.
 MAX_BODY_BYTES = 1024 * 1024
-#: Default maximum nesting of arrays/objects accepted by :func:`parse_json`.
-MAX_DEPTH = 32
-#: Longest JSON number literal (in characters) accepted by :func:`parse_json`.
-MAX_NUMBER_CHARS = 100
 #: At most this many errors are listed; the last entry then says how many more there were.
 MAX_ERRORS = 100
-#: Largest money (and acres) value.
+#: Largest money (and acres) value; amounts have at most :data:`MONEY_PLACES` decimals.
 MAX_MONEY = Decimal("999999999999.99")
+MONEY_PLACES = 2
+#: Earliest and latest date accepted in any date field.
 MIN_DATE = datetime.date(1900, 1, 1)
 MAX_DATE = datetime.date(2199, 12, 31)
 
-_CENT = Decimal("0.01")
-_ZERO = Decimal("0.00")
-_MAX_MONEY_INT = 999_999_999_999
+_CENT = Decimal(1).scaleb(-MONEY_PLACES)
+_ZERO = Decimal(0).quantize(_CENT)
 # Explicit context: results never depend on the calling thread's decimal context.
 _CTX = Context(prec=40, rounding=ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999)
 # Same, but quantizing to cents raises ``Rounded`` when digits (even zeros) would be dropped.
@@ -113,181 +111,15 @@ _PLAIN_KEY = re.compile(r"[A-Za-z0-9_$@-]{1,64}")
 _SHOWN_KEY_CHARS = 64
 
 
-def _join(parent: str, key: object) -> str:
-    """Dotted path of ``key`` under ``parent``; odd keys are shown JSON-quoted in brackets."""
+def field_path(parent: str, key: object) -> str:
+    """Dotted path of ``key`` under ``parent`` (``""``: the document); odd keys are shown
+    JSON-quoted in brackets (``loan["a b"]``), cut to 64 characters."""
     if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
         return f"{parent}.{key}" if parent else key
     text = key if isinstance(key, str) else repr(key)
     if len(text) > _SHOWN_KEY_CHARS:
         text = text[:_SHOWN_KEY_CHARS] + "\u2026"
     return f"{parent}[{json.dumps(text, ensure_ascii=True)}]"
-
-
-# --------------------------------------------------------------------------- parse_json
-
-
-class _ParseError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class _DupDict(dict):  # type: ignore[type-arg]
-    """A parsed object that had duplicate keys (recorded so their paths can be reported)."""
-
-    dup_keys: list[str]
-
-
-def _reject_constant(name: str) -> Any:
-    raise _ParseError(f"{name} is not allowed: numbers must be finite")
-
-
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _ParseError(f"number too long (more than {MAX_NUMBER_CHARS} characters)")
-    return int(text)
-
-
-def _parse_decimal(text: str) -> Decimal:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _ParseError(f"number too long (more than {MAX_NUMBER_CHARS} characters)")
-    try:
-        return Decimal(text)
-    except (InvalidOperation, ValueError):
-        raise _ParseError(f"number out of range: {text}") from None
-
-
-_KEEP_FOR_DEPTH = b'"[]{}'
-_DROP_FOR_DEPTH = bytes(b for b in range(256) if b not in _KEEP_FOR_DEPTH)
-_BYTE_DELTA = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
-_DEPTH_CHUNK = 4096
-
-
-def _too_deep(text: str, max_depth: int) -> bool:
-    """Whether containers nest deeper than ``max_depth`` (brackets inside strings ignored).
-
-    No recursion and no per-character Python loop: escapes are removed (an escaped
-    backslash first, then an escaped quote), then everything but quotes and brackets,
-    then string contents (every other piece between quotes); the running depth of
-    what is left is computed in chunks, stopping at the first chunk that is too deep.
-    Invalid JSON may be misjudged only after the point where ``json.loads`` fails.
-    """
-    if text.count("[") + text.count("{") <= max_depth:
-        return False  # the common case: cannot possibly be too deep
-    data = text.encode("utf-8", "surrogatepass")
-    if b"\\" in data:
-        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(data.translate(None, _DROP_FOR_DEPTH).split(b'"')[::2])
-    depth = 0
-    delta = _BYTE_DELTA.__getitem__
-    for start in range(0, len(outside), _DEPTH_CHUNK):
-        running = list(accumulate(map(delta, outside[start : start + _DEPTH_CHUNK]), initial=depth))
-        if max(running) > max_depth:
-            return True
-        depth = running[-1]
-    return False
-
-
-def _dup_paths(root: Any) -> list[str]:
-    """Paths of every duplicated key in the parsed tree (iterative walk, document order)."""
-    found: list[str] = []
-    stack: list[tuple[Any, str]] = [(root, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, dict):
-            if isinstance(value, _DupDict):
-                found.extend(_join(path, k) for k in value.dup_keys)
-            stack.extend((v, _join(path, k)) for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
-    return found
-
-
-def parse_json(
-    data: bytes | bytearray | memoryview | str,
-    *,
-    max_depth: int = MAX_DEPTH,
-    max_bytes: int | None = None,
-) -> Any:
-    """Parse one JSON document exactly and strictly; raise only :class:`FactsInvalid`.
-
-    Integers become ``int``, other numbers ``Decimal`` (never ``float``).  ``max_bytes``
-    (off by default: the HTTP layer bounds bodies) rejects larger input up front.
-    """
-    try:
-        if isinstance(data, str):
-            text = data
-            if max_bytes is not None and (
-                len(text) > max_bytes
-                or (
-                    len(text) * 4 > max_bytes
-                    and len(text.encode("utf-8", "surrogatepass")) > max_bytes
-                )
-            ):
-                raise _fail("", f"document too large (more than {max_bytes} bytes)")
-        elif isinstance(data, (bytes, bytearray, memoryview)):
-            raw = data if isinstance(data, bytes) else bytes(data)
-            if max_bytes is not None and len(raw) > max_bytes:
-                raise _fail("", f"document too large (more than {max_bytes} bytes)")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _fail("", f"invalid UTF-8 at byte {exc.start}") from None
-        else:
-            raise _fail("", "document must be bytes or str")
-
-        if text.startswith("\ufeff"):
-            raise _fail("", "malformed JSON: byte order mark not allowed")
-        if not text.strip(" \t\r\n"):
-            raise _fail("", "malformed JSON: empty document")
-        if _too_deep(text, max_depth):
-            raise _fail("", f"JSON nested too deeply (more than {max_depth} levels)")
-
-        saw_duplicate = False
-
-        def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            nonlocal saw_duplicate
-            obj = dict(pairs)
-            if len(obj) == len(pairs):
-                return obj
-            saw_duplicate = True
-            dup = _DupDict(obj)
-            seen: set[str] = set()
-            dups: dict[str, None] = {}  # ordered set
-            for key, _ in pairs:
-                if key in seen:
-                    dups[key] = None
-                seen.add(key)
-            dup.dup_keys = list(dups)
-            return dup
-
-        try:
-            value = json.loads(
-                text,
-                parse_float=_parse_decimal,
-                parse_int=_parse_int,
-                parse_constant=_reject_constant,
-                object_pairs_hook=pairs_hook,
-            )
-        except _ParseError as exc:
-            raise _fail("", exc.message) from None
-        except json.JSONDecodeError as exc:
-            raise _fail(
-                "", f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
-        if saw_duplicate:
-            paths = _dup_paths(value)
-            errors = [FieldError(p, "duplicate key") for p in paths[:MAX_ERRORS]]
-            if len(paths) > MAX_ERRORS:
-                errors[-1] = FieldError("", f"{len(paths) - MAX_ERRORS + 1} more errors not listed")
-            raise FactsInvalid(errors)
-        return value
-    except FactsInvalid:
-        raise
-    except RecursionError:
-        raise _fail("", f"JSON nested too deeply (more than {max_depth} levels)") from None
-    except (ValueError, TypeError, ArithmeticError, UnicodeError) as exc:
-        raise _fail("", f"malformed JSON: {type(exc).__name__}") from None
 
 
 # --------------------------------------------------------------------------- field table
@@ -351,115 +183,138 @@ JURISDICTIONS: tuple[str, ...] = (
 )
 
 
-class _Today:
-    """Default marker for ``as_of``: today's date (UTC, or the ``today`` argument)."""
+#: The kinds of leaf a facts document holds.
+KINDS = ("date", "jurisdiction", "string", "enum", "bool", "int", "money", "decimal")
+
+
+class _Marker:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return "<today UTC>"
+        return self._name
 
 
-_TODAY: Any = _Today()
-_NO_DEFAULT: Any = object()
+#: ``Field.default`` of a field that stays absent when omitted.
+NO_DEFAULT: Any = _Marker("NO_DEFAULT")
+#: ``Field.default`` of ``as_of``: today's date (UTC, or ``validate_facts(today=...)``).
+TODAY: Any = _Marker("TODAY")
+
+_MONEY_DIGITS = len(str(int(MAX_MONEY)))
+#: What a money (or decimal) string must be, whole: up to 12 digits, at most 2 decimals.
+MONEY_TEXT = rf"[0-9]{{1,{_MONEY_DIGITS}}}(?:\.[0-9]{{1,{MONEY_PLACES}}})?"
+#: What a date string must be, whole, before it is read as a calendar date.
+DATE_TEXT = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+#: Length bounds of a string field that declares none.
+_STRING_LENGTH = (0, 1024)
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
+class Field:
+    """One leaf of the facts document and everything that bounds it.
+
+    ``kind`` is one of :data:`KINDS`. Bounds are inclusive: ``minimum``/``maximum`` bound
+    the value (``int``; ``Decimal`` for money and decimal; ``date``), ``min_length``/
+    ``max_length`` a string's length in characters (strings are also printable:
+    ``str.isprintable``). Money and decimal values have at most ``places`` decimal places
+    (in their JSON spelling too: ``1.100`` is refused); a string spelling of a money,
+    decimal or date value matches ``pattern`` whole. ``choices`` are the allowed values of
+    an enum or jurisdiction. ``default`` is what an omitted field becomes
+    (:data:`NO_DEFAULT`: it stays absent; :data:`TODAY`). ``required_when`` is
+    ``(path, value)``: the field is required when that field has that value.
+    """
+
     path: str
-    kind: str  # date | jurisdiction | string | enum | bool | int | money | decimal
+    kind: str
     required: bool = False
-    default: Any = _NO_DEFAULT
+    required_when: tuple[str, str] | None = None
+    default: Any = NO_DEFAULT
     choices: tuple[str, ...] = ()
-    low: int | None = None  # string length / int value bounds
-    high: int | None = None
-    required_when: tuple[str, str] | None = None  # (path, value)
+    minimum: int | Decimal | datetime.date | None = None
+    maximum: int | Decimal | datetime.date | None = None
+    places: int | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+
+    @property
+    def optional(self) -> bool:
+        """Whether normalised facts may lack it: neither required nor defaulted."""
+        return not self.required and self.default is NO_DEFAULT
 
 
-_F = _Field
+def _money(path: str, kind: str = "money", **kw: Any) -> Field:
+    return Field(path, kind, minimum=Decimal(0), maximum=MAX_MONEY, places=MONEY_PLACES,
+                 pattern=MONEY_TEXT, **kw)
+
+
+def _date(path: str, **kw: Any) -> Field:
+    return Field(path, "date", minimum=MIN_DATE, maximum=MAX_DATE, pattern=DATE_TEXT, **kw)
+
+
+def _enum(path: str, choices: tuple[str, ...], **kw: Any) -> Field:
+    return Field(path, "enum", choices=choices, **kw)
+
+
 _COST_KEYS = ("repossession", "storage", "preparation", "sale", "legal", "admin")
 
-#: The one declarative table: every rule below and every public table derive from it.
-_TABLE: tuple[_Field, ...] = (
-    _F("as_of", "date", default=_TODAY),
-    _F("jurisdiction", "jurisdiction", required=True, choices=JURISDICTIONS),
-    _F("loan.id", "string", required=True, low=1, high=128),
-    _F("loan.type", "enum", required=True, choices=("auto", "mortgage", "other_secured")),
-    _F("loan.consumer", "bool", default=True),
-    _F("loan.unpaid_balance", "money", required=True),
-    _F("loan.accrued_interest", "money", default=_ZERO),
-    _F("loan.fees", "money", default=_ZERO),
-    _F("loan.purchase_money", "bool", default=False),
-    _F("loan.home_equity", "bool", default=False),
-    _F(
-        "loan.investor",
-        "enum",
-        default="portfolio",
-        choices=("portfolio", "fannie_mae", "freddie_mac", "fha", "va"),
-    ),
-    _F("collateral.kind", "enum", required=True, choices=("vehicle", "dwelling", "other")),
-    _F("collateral.dwelling_units", "int", low=1, high=1000),
-    _F("collateral.owner_occupied", "bool", default=False),
-    _F("collateral.acres", "decimal"),
-    _F("collateral.fair_value", "money"),
-    _F(
-        "disposition.method",
-        "enum",
-        required=True,
-        choices=(
-            "auction",
-            "private_sale",
-            "short_sale",
-            "deed_in_lieu",
-            "judicial_foreclosure",
-            "non_judicial_foreclosure",
-        ),
-    ),
-    _F("disposition.date", "date", required=True),
-    _F("disposition.proceeds", "money", required=True),
-    *(_F(f"disposition.costs.{k}", "money", default=_ZERO) for k in _COST_KEYS),
-    _F("disposition.credits", "money", default=_ZERO),
-    _F("disposition.notice_sent", "bool", default=True),
-    _F("disposition.commercially_reasonable", "bool", default=True),
-    _F(
-        "negotiation.state",
-        "enum",
-        default="none",
-        choices=(
-            "none",
-            "in_progress",
-            "short_sale_approved",
-            "deed_in_lieu_agreed",
-            "settlement_agreed",
-            "judgment_sought",
-            "judgment_obtained",
-        ),
-    ),
-    _F("negotiation.deficiency_waived", "bool", default=False),
-    _F("negotiation.deficiency_reserved", "bool", default=False),
-    _F(
-        "negotiation.settlement_amount",
-        "money",
-        required_when=("negotiation.state", "settlement_agreed"),
-    ),
-    _F("negotiation.borrower_contribution", "money", default=_ZERO),
-    _F("negotiation.third_party_agent", "bool", default=False),
-    _F("borrower.in_bankruptcy", "bool", default=False),
-    _F("borrower.insolvent", "bool", default=False),
+#: The one declarative table (SPEC §2), in document order.
+FIELDS: tuple[Field, ...] = (
+    _date("as_of", default=TODAY),
+    Field("jurisdiction", "jurisdiction", required=True, choices=JURISDICTIONS),
+    Field("loan.id", "string", required=True, min_length=1, max_length=128),
+    _enum("loan.type", ("auto", "mortgage", "other_secured"), required=True),
+    Field("loan.consumer", "bool", default=True),
+    _money("loan.unpaid_balance", required=True),
+    _money("loan.accrued_interest", default=_ZERO),
+    _money("loan.fees", default=_ZERO),
+    Field("loan.purchase_money", "bool", default=False),
+    Field("loan.home_equity", "bool", default=False),
+    _enum("loan.investor", ("portfolio", "fannie_mae", "freddie_mac", "fha", "va"),
+          default="portfolio"),
+    _enum("collateral.kind", ("vehicle", "dwelling", "other"), required=True),
+    Field("collateral.dwelling_units", "int", minimum=1, maximum=1000),
+    Field("collateral.owner_occupied", "bool", default=False),
+    _money("collateral.acres", "decimal"),
+    _money("collateral.fair_value"),
+    _enum("disposition.method", ("auction", "private_sale", "short_sale", "deed_in_lieu",
+                                 "judicial_foreclosure", "non_judicial_foreclosure"),
+          required=True),
+    _date("disposition.date", required=True),
+    _money("disposition.proceeds", required=True),
+    *(_money(f"disposition.costs.{k}", default=_ZERO) for k in _COST_KEYS),
+    _money("disposition.credits", default=_ZERO),
+    Field("disposition.notice_sent", "bool", default=True),
+    Field("disposition.commercially_reasonable", "bool", default=True),
+    _enum("negotiation.state", ("none", "in_progress", "short_sale_approved",
+                                "deed_in_lieu_agreed", "settlement_agreed", "judgment_sought",
+                                "judgment_obtained"), default="none"),
+    Field("negotiation.deficiency_waived", "bool", default=False),
+    Field("negotiation.deficiency_reserved", "bool", default=False),
+    _money("negotiation.settlement_amount",
+           required_when=("negotiation.state", "settlement_agreed")),
+    _money("negotiation.borrower_contribution", default=_ZERO),
+    Field("negotiation.third_party_agent", "bool", default=False),
+    Field("borrower.in_bankruptcy", "bool", default=False),
+    Field("borrower.insolvent", "bool", default=False),
 )
+#: Each field by its dotted path.
+FIELDS_BY_PATH: dict[str, Field] = {f.path: f for f in FIELDS}
 
-#: Every dotted leaf path → its type name.
-FACT_FIELDS: dict[str, str] = {f.path: f.kind for f in _TABLE}
+#: Every dotted leaf path → its kind.
+FACT_FIELDS: dict[str, str] = {f.path: f.kind for f in FIELDS}
 #: Allowed values of every enum path (and of ``jurisdiction``).
-FACT_ENUMS: dict[str, tuple[str, ...]] = {f.path: f.choices for f in _TABLE if f.choices}
+FACT_ENUMS: dict[str, tuple[str, ...]] = {f.path: f.choices for f in FIELDS if f.choices}
 #: Static defaults of optional fields (``as_of`` defaults to today, UTC, and is not listed).
 FACT_DEFAULTS: dict[str, Any] = {
-    f.path: f.default for f in _TABLE if f.default is not _NO_DEFAULT and f.default is not _TODAY
+    f.path: f.default for f in FIELDS if f.default is not NO_DEFAULT and f.default is not TODAY
 }
 #: Paths that must be present (``negotiation.settlement_amount`` is conditionally required).
-FACT_REQUIRED: frozenset[str] = frozenset(f.path for f in _TABLE if f.required)
+FACT_REQUIRED: frozenset[str] = frozenset(f.path for f in FIELDS if f.required)
 #: Paths that may be absent from normalised facts (optional, no default).
-FACT_OPTIONAL: frozenset[str] = frozenset(
-    f.path for f in _TABLE if not f.required and f.default is _NO_DEFAULT
-)
+FACT_OPTIONAL: frozenset[str] = frozenset(f.path for f in FIELDS if f.optional)
 
 # --------------------------------------------------------------------------- leaf checks
 
@@ -469,52 +324,58 @@ class _Bad(Exception):
         self.message = message
 
 
-_MONEY_TEXT = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,2})?")
-_DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_MONEY_FORMAT = (
-    "must be an amount from 0 to 999999999999.99 with at most 2 decimal places, "
-    'as a string like "8500.00" or a JSON number'
-)
-_MONEY_RANGE = "must be between 0 and 999999999999.99"
-_MONEY_PLACES = "must have at most 2 decimal places"
+def _exact_decimal_check(f: Field) -> Callable[[Any], Decimal]:
+    """Money/decimal: a JSON string matching ``f.pattern``, an int or an exact Decimal."""
+    low, high, places = f.minimum, f.maximum, f.places
+    assert isinstance(low, Decimal) and isinstance(high, Decimal) and places is not None
+    assert f.pattern is not None
+    quantum = Decimal(1).scaleb(-places)
+    # The pattern's digits say the range: it must be 0 to all nines, to the last place.
+    assert low == 0 and high == Decimal(10) ** len(str(int(high))) - quantum
+    text = re.compile(f.pattern)
+    zero = Decimal(0).quantize(quantum)
+    bad_format = (f"must be an amount from {low} to {high} with at most {places} decimal places, "
+                  'as a string like "8500.00" or a JSON number')
+    bad_range = f"must be between {low} and {high}"
+    bad_places = f"must have at most {places} decimal places"
+
+    def check(v: Any) -> Decimal:
+        t = type(v)
+        if t is str:
+            if not text.fullmatch(v):
+                raise _Bad(bad_format)
+            if v[-places - 1 : -places] == ".":
+                return Decimal(v)  # already exactly ``places`` places
+            return Decimal(v).quantize(quantum, context=_CTX)
+        if t is int:
+            if v < low or v > high:
+                raise _Bad(bad_range)
+            return Decimal(v).quantize(quantum, context=_CTX)
+        if isinstance(v, Decimal):
+            if not v.is_finite():
+                raise _Bad("must be a finite number")
+            if v < low or v > high:
+                raise _Bad(bad_range)
+            try:
+                d = v.quantize(quantum, context=_STRICT_CTX)  # traps Rounded: too many places
+            except Rounded:
+                raise _Bad(bad_places) from None
+            if d.is_zero():  # zeros round silently ("0E-5"), and "-0.0" must not become "-0.00"
+                if v.as_tuple().exponent < -places:  # type: ignore[operator]
+                    raise _Bad(bad_places)
+                return zero
+            return d
+        if t is float:
+            raise _Bad("binary floating-point numbers are not accepted (parse with parse_json)")
+        raise _Bad(bad_format)
+
+    return check
 
 
-def _check_exact_decimal(v: Any) -> Decimal:
-    """Money/decimal: a JSON string ``^\\d{1,12}(\\.\\d{1,2})?$``, an int or an exact Decimal."""
-    t = type(v)
-    if t is str:
-        if not _MONEY_TEXT.fullmatch(v):
-            raise _Bad(_MONEY_FORMAT)
-        if v[-3:-2] == ".":
-            return Decimal(v)  # already exactly two places
-        return Decimal(v).quantize(_CENT, context=_CTX)
-    if t is int:
-        if v < 0 or v > _MAX_MONEY_INT:
-            raise _Bad(_MONEY_RANGE)
-        return Decimal(v).quantize(_CENT, context=_CTX)
-    if isinstance(v, Decimal):
-        if not v.is_finite():
-            raise _Bad("must be a finite number")
-        if v < 0 or v > MAX_MONEY:
-            raise _Bad(_MONEY_RANGE)
-        try:
-            d = v.quantize(_CENT, context=_STRICT_CTX)  # traps Rounded: exponent below -2
-        except Rounded:
-            raise _Bad(_MONEY_PLACES) from None
-        if d.is_zero():  # zeros round silently ("0E-5"), and "-0.0" must not become "-0.00"
-            if v.as_tuple().exponent < -2:  # type: ignore[operator]
-                raise _Bad(_MONEY_PLACES)
-            return _ZERO
-        return d
-    if t is float:
-        raise _Bad("binary floating-point numbers are not accepted (parse with parse_json)")
-    raise _Bad(_MONEY_FORMAT)
-
-
-def _make_check(f: _Field) -> Callable[[Any], Any]:
+def _make_check(f: Field) -> Callable[[Any], Any]:
     kind = f.kind
     if kind in ("money", "decimal"):
-        return _check_exact_decimal
+        return _exact_decimal_check(f)
     if kind == "bool":
 
         def check_bool(v: Any) -> bool:
@@ -524,8 +385,8 @@ def _make_check(f: _Field) -> Callable[[Any], Any]:
 
         return check_bool
     if kind == "int":
-        lo = f.low if f.low is not None else -(2**63)
-        hi = f.high if f.high is not None else 2**63 - 1
+        lo = f.minimum if f.minimum is not None else -(2**63)
+        hi = f.maximum if f.maximum is not None else 2**63 - 1
         range_msg = f"must be an integer from {lo} to {hi}"
 
         def check_int(v: Any) -> int:
@@ -552,8 +413,8 @@ def _make_check(f: _Field) -> Callable[[Any], Any]:
 
         return check_enum
     if kind == "string":
-        lo = f.low or 0
-        hi = f.high if f.high is not None else 1024
+        lo = f.min_length if f.min_length is not None else _STRING_LENGTH[0]
+        hi = f.max_length if f.max_length is not None else _STRING_LENGTH[1]
         len_msg = f"must be {lo} to {hi} characters long"
 
         def check_string(v: Any) -> str:
@@ -567,22 +428,28 @@ def _make_check(f: _Field) -> Callable[[Any], Any]:
 
         return check_string
     if kind == "date":
-        return _check_date
+        return _date_check(f)
     raise AssertionError(f"unknown field kind {kind!r}")  # pragma: no cover
 
 
-def _check_date(v: Any) -> datetime.date:
-    if type(v) is not str:
-        raise _Bad('must be a date string "YYYY-MM-DD"')
-    if _DATE_TEXT.fullmatch(v) is None:
-        raise _Bad('must be a date string "YYYY-MM-DD"')
-    try:
-        d = datetime.date.fromisoformat(v)  # the regex already fixed the format
-    except ValueError:
-        raise _Bad("not a valid calendar date") from None
-    if d < MIN_DATE or d > MAX_DATE:
-        raise _Bad("must be between 1900-01-01 and 2199-12-31")
-    return d
+def _date_check(f: Field) -> Callable[[Any], datetime.date]:
+    low, high = f.minimum, f.maximum
+    assert isinstance(low, datetime.date) and isinstance(high, datetime.date)
+    assert f.pattern is not None
+    text = re.compile(f.pattern)
+
+    def check_date(v: Any) -> datetime.date:
+        if type(v) is not str or text.fullmatch(v) is None:
+            raise _Bad('must be a date string "YYYY-MM-DD"')
+        try:
+            d = datetime.date.fromisoformat(v)  # the pattern already fixed the format
+        except ValueError:
+            raise _Bad("not a valid calendar date") from None
+        if d < low or d > high:
+            raise _Bad(f"must be between {low} and {high}")
+        return d
+
+    return check_date
 
 
 # --------------------------------------------------------------------------- compiled tree
@@ -600,7 +467,7 @@ class _Node:
     required: bool = False
 
 
-def _compile(table: tuple[_Field, ...]) -> _Node:
+def _compile(table: tuple[Field, ...]) -> _Node:
     root = _Node("", "", [])
     nodes: dict[str, _Node] = {"": root}
     for f in table:
@@ -611,7 +478,7 @@ def _compile(table: tuple[_Field, ...]) -> _Node:
             node = nodes.get(path)
             if node is None:
                 node = nodes[path] = _Node(part, path, [])
-                parent.items.append((part, path, None, False, _NO_DEFAULT, node))
+                parent.items.append((part, path, None, False, NO_DEFAULT, node))
             parent = node
         parent.items.append((parts[-1], f.path, _make_check(f), f.required, f.default, None))
 
@@ -633,8 +500,8 @@ def _compile(table: tuple[_Field, ...]) -> _Node:
     return root
 
 
-_ROOT = _compile(_TABLE)
-_CONDITIONAL = tuple(f for f in _TABLE if f.required_when is not None)
+_ROOT = _compile(FIELDS)
+_CONDITIONAL = tuple(f for f in FIELDS if f.required_when is not None)
 
 
 def _walk(
@@ -651,7 +518,7 @@ def _walk(
         for key in value:
             if key not in known:
                 if len(errors) < MAX_ERRORS:
-                    errors.append(FieldError(_join(node.path, key), "unknown field"))
+                    errors.append(FieldError(field_path(node.path, key), "unknown field"))
                 else:
                     hidden += 1
     get = value.get
@@ -664,8 +531,8 @@ def _walk(
                 child: dict[str, Any] = {}
                 hidden += _walk(sub, {}, child, errors, today)
                 out[key] = child
-            elif default is not _NO_DEFAULT:
-                if default is _TODAY:
+            elif default is not NO_DEFAULT:
+                if default is TODAY:
                     out[key] = today if today is not None else _utc_today()
                 else:
                     out[key] = default

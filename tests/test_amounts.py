@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.amounts import AMOUNT_KEYS, COST_KEYS, compute_amounts, money_str
-from service.facts import parse_json, validate_facts
+from service.facts import validate_facts
+from service.strictjson import parse_json
 
 TODAY = datetime.date(2024, 6, 1)
 D = Decimal

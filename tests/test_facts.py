@@ -6,6 +6,7 @@ import contextlib
 import copy
 import datetime
 import json
+import re
 import time
 from decimal import Decimal
 from typing import Any
@@ -14,20 +15,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service import facts as facts_module
 from service.facts import (
     FACT_DEFAULTS,
     FACT_ENUMS,
     FACT_FIELDS,
     FACT_OPTIONAL,
     FACT_REQUIRED,
+    FIELDS,
+    FIELDS_BY_PATH,
     JURISDICTIONS,
+    KINDS,
+    MAX_DATE,
     MAX_ERRORS,
+    MAX_MONEY,
+    MIN_DATE,
     FactsInvalid,
     FieldError,
-    parse_json,
     to_json_facts,
     validate_facts,
 )
+from service.strictjson import parse_json
 
 TODAY = datetime.date(2024, 6, 1)
 
@@ -607,6 +615,46 @@ def test_field_tables() -> None:
     assert FACT_DEFAULTS["disposition.commercially_reasonable"] is True
 
 
+def test_the_public_field_table_is_what_the_validator_enforces() -> None:
+    assert [f.path for f in FIELDS] == list(FACT_FIELDS)
+    assert all(FIELDS_BY_PATH[f.path] is f and f.kind in KINDS for f in FIELDS)
+    assert {f.path for f in FIELDS if f.optional} == FACT_OPTIONAL
+    assert FIELDS_BY_PATH["as_of"].default is facts_module.TODAY
+    assert FIELDS_BY_PATH["negotiation.settlement_amount"].required_when == (
+        "negotiation.state", "settlement_agreed")
+    for f in FIELDS:
+        if f.kind in ("money", "decimal"):
+            assert (f.minimum, f.maximum, f.places) == (0, MAX_MONEY, 2)
+            at = [str(f.maximum), "0", "0." + "1" * f.places]
+            past = [str(f.maximum + Decimal("0.01")), "0." + "1" * (f.places + 1), "-1"]
+            at_json = [Decimal(v) for v in at]
+            past_json = [Decimal(v) for v in past]
+        elif f.kind == "date":
+            assert (f.minimum, f.maximum) == (MIN_DATE, MAX_DATE)
+            day = datetime.timedelta(days=1)
+            at = [f.minimum.isoformat(), f.maximum.isoformat()]
+            past = [(f.minimum - day).isoformat(), (f.maximum + day).isoformat()]
+            at_json, past_json = [], []
+        elif f.kind == "int":
+            at, past = [f.minimum, f.maximum], [f.minimum - 1, f.maximum + 1]
+            at_json, past_json = [], []
+        elif f.kind == "string":
+            at = ["x" * f.min_length, "x" * f.max_length]
+            past = ["x" * (f.min_length - 1), "x" * (f.max_length + 1)]
+            at_json, past_json = [], []
+        else:
+            continue
+        for value in [*at, *at_json]:
+            doc = with_value(f.path, value)
+            if f.path == "negotiation.settlement_amount":
+                doc["negotiation"]["state"] = "settlement_agreed"
+            validate_facts(doc, today=TODAY)
+        for value in [*past, *past_json]:
+            assert list(errors_of(with_value(f.path, value))) == [f.path], (f.path, value)
+        if f.pattern is not None:
+            assert all(re.fullmatch(f.pattern, v) for v in at if isinstance(v, str))
+
+
 # --------------------------------------------------------------------------- jurisdiction
 
 
@@ -999,8 +1047,31 @@ def one_error(data: Any, **kw: Any) -> FieldError:
 @pytest.mark.parametrize("name", ["NaN", "Infinity", "-Infinity"])
 def test_parse_json_rejects_non_finite(name: str) -> None:
     err = one_error(f'{{"loan": {{"unpaid_balance": {name}}}}}'.encode())
-    assert err.path == ""
-    assert name in err.message and "finite" in err.message
+    message = f"{name} is not allowed: numbers must be finite"
+    assert err == FieldError("loan.unpaid_balance", message)
+
+
+def test_non_finite_literals_are_each_named_by_their_path() -> None:
+    with pytest.raises(FactsInvalid) as info:
+        parse_json(b'{"loan": {"fees": Infinity, "id": "a", "id": "b"}, "items": [1, -Infinity],'
+                   b' "disposition": {"costs": {"legal": NaN}}}')
+    assert info.value.errors == [
+        FieldError("loan.id", "duplicate key"),
+        FieldError("loan.fees", "Infinity is not allowed: numbers must be finite"),
+        FieldError("items[1]", "-Infinity is not allowed: numbers must be finite"),
+        FieldError("disposition.costs.legal", "NaN is not allowed: numbers must be finite"),
+    ]
+    assert one_error(b"NaN") == FieldError("", "NaN is not allowed: numbers must be finite")
+    assert one_error(rb'{"\u00e9 x": NaN}').path == r'["\u00e9 x"]'
+
+
+def test_many_non_finite_literals_are_capped() -> None:
+    with pytest.raises(FactsInvalid) as info:
+        parse_json("[" + ", ".join(["NaN"] * 500) + "]")
+    errs = info.value.errors
+    assert len(errs) == MAX_ERRORS
+    assert errs[0] == FieldError("[0]", "NaN is not allowed: numbers must be finite")
+    assert errs[-1] == FieldError("", f"{500 - MAX_ERRORS + 1} more errors not listed")
 
 
 def test_parse_json_rejects_duplicate_keys() -> None:
@@ -1321,7 +1392,7 @@ nested = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(nested, st.booleans(), st.integers(0, 12))
 def test_depth_scan_matches_real_depth(value: Any, ascii_only: bool, limit: int) -> None:
-    from service.facts import _too_deep
+    from service.strictjson import _too_deep
 
     text = json.dumps(value, ensure_ascii=ascii_only)
     depth = _true_depth(value)

@@ -12,26 +12,22 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TextIO
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from werkzeug.routing import BaseConverter
 
-from ..audit import AuditStore, open_store
+from ..audit import open_store
 from ..config import Config, load_config
-from ..policy.model import Ruleset
+from ..serving.active_ruleset import ActiveRuleset
+from ..serving.audit_link import AuditLink
+from ..serving.generation import Generation, LocalGeneration
 from . import problems
 from .access_log import AccessLog
-from .audit_link import AuditLink
-from .auth import Keyring, Principal, require_scope
-from .generation import Generation, LocalGeneration
+from .auth import Keyring
+from .handle import EXTENSION, Service
 from .metrics import Metrics
-from .rulesets import ActiveRuleset
-from .turns import Turns
 
-EXTENSION = "deficiency"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 log = logging.getLogger("deficiency.api")
 
@@ -42,45 +38,11 @@ class UlidConverter(BaseConverter):
     regex = r"[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}"
 
 
-@dataclass
-class Service:
-    config: Config
-    rulesets: ActiveRuleset
-    audit: AuditLink
-    keyring: Keyring
-    metrics: Metrics
-    access_log: AccessLog | None
-    #: Taken by the server's request threads (`deficiency serve`); let go around waits.
-    turns: Turns
-
-    def close(self) -> None:
-        """Commit what is queued, close the store, free the engine ruleset."""
-        self.audit.close()
-        self.rulesets.close()
-
-
-def service() -> Service:
-    svc: Service = current_app.extensions[EXTENSION]
-    return svc
-
-
-def authorize(scope: str | None) -> Principal:
-    """Authenticate the request (401) and require `scope` (403); None: any valid key."""
-    svc = service()
-    principal = svc.keyring.authenticate(request.headers.get("Authorization"),
-                                         request.headers.get("X-API-Key"))
-    g.client = principal.name
-    require_scope(principal, scope)
-    return principal
-
-
 def create_app(
     config: Config | None = None,
     *,
     generation: Generation | None = None,
     access_log_stream: TextIO | None = None,
-    audit_opener: Callable[[str], AuditStore] | None = None,
-    fallback_ruleset: Ruleset | None = None,
     watch_interval: float | None = None,
 ) -> Flask:
     """Build the app. Raises PolicyError when the rules directory is rejected (any error
@@ -89,8 +51,7 @@ def create_app(
 
     `watch_interval`: seconds between looks at the rules directory for changes (0: do
     not watch); by default the generation's (the workers of `deficiency serve` watch,
-    an app built on its own does not). `fallback_ruleset` only serves ActiveRuleset's
-    custom loaders."""
+    an app built on its own does not)."""
     from .decisions import bp as decisions_bp
     from .ops import bp as ops_bp
     from .ruleset import bp as ruleset_bp
@@ -105,13 +66,12 @@ def create_app(
 
     generation = generation or LocalGeneration()
     metrics = Metrics()
-    turns = Turns(on_bypass=metrics.turns_bypassed.inc)
     rulesets = ActiveRuleset(
-        config.rules.dir, generation, fallback=fallback_ruleset, observer=metrics,
+        config.rules.dir, generation, observer=metrics,
         watch_interval=generation.watch_interval if watch_interval is None else watch_interval)
     try:
-        audit = AuditLink(config.audit.url, opener=audit_opener or functools.partial(
-            open_store, busy_timeout=config.audit.timeout), waiting=turns.let_go)
+        audit = AuditLink(config.audit.url, opener=functools.partial(
+            open_store, busy_timeout=config.audit.timeout))
     except BaseException:
         rulesets.close()
         raise
@@ -122,7 +82,6 @@ def create_app(
         keyring=Keyring(config.auth.keys),
         metrics=metrics,
         access_log=AccessLog(access_log_stream) if config.server.access_log else None,
-        turns=turns,
     )
     app.extensions[EXTENSION] = svc
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
 
 from ..config import SCOPES, ApiKey
 from .problems import Problem
 
-KEY_PREFIX = "dfy_"
 MAX_KEY_CHARS = 512
 REALM = "deficiency"
 
@@ -30,15 +28,6 @@ class Principal:
 
 
 ANONYMOUS = Principal("anonymous", frozenset(SCOPES))
-
-
-def new_key() -> str:
-    """A new random API key: `dfy_` and 32 random bytes, URL-safe base64."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def key_sha256(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _challenge(error: str | None = None) -> dict[str, str]:

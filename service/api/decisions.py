@@ -20,37 +20,50 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, g, request
 
 from .. import facts as facts_mod
+from .. import strictjson
 from ..audit import DuplicateIdempotencyKey, NewRecord, StoreUnavailable
 from ..audit.store import MAX_QUERY_LIMIT
 from ..engine.decide import Decider
 from ..facts import FactsInvalid, FieldError
+from ..timestamps import parse_timestamp
 from . import problems
-from .app import Service, authorize, service
+from .handle import JSON, Service, authorize, json_response, service
 from .problems import Problem
 
 bp = Blueprint("decisions", __name__)
 log = logging.getLogger("deficiency.api")
 
-JSON = "application/json"
 DEFAULT_PAGE = 50
 MAX_IDEMPOTENCY_KEY = 255
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # MAX_IDEMPOTENCY_KEY
+#: An Idempotency-Key: 1 to 255 visible ASCII characters (matched whole).
+IDEMPOTENCY_KEY_PATTERN = rf"^[\x21-\x7e]{{1,{MAX_IDEMPOTENCY_KEY}}}$"
+_LOAN_ID = facts_mod.FIELDS_BY_PATH["loan.id"]
+assert _LOAN_ID.min_length is not None and _LOAN_ID.max_length is not None
+_LOAN_ID_LENGTH: tuple[int, int] = (_LOAN_ID.min_length, _LOAN_ID.max_length)
+
+
+def _cursor_pattern() -> str:
+    """What a cursor is: `next_cursor` passed back, the unpadded URL-safe base64 of a
+    record number of 1 to 18 digits with no leading zero (so it fits a signed 64-bit
+    integer). Each 3 digits make 4 characters: the first two spell the first digit, the
+    third the second digit, the fourth the third; 1 or 2 digits left over make 2 or 3."""
+    digit, nonzero = "(?:M[DTjz]|N[DTjz]|O[DT])", "(?:M[Tjz]|N[DTjz]|O[DT])"
+    second, third = "[AEIMQUYcgk]", "[w-z0-5]"
+    last, only = "(?:M[AQgw]|N[AQgw]|O[AQ])", "(?:M[Qgw]|N[AQgw]|O[AQ])"
+    head, group = f"{nonzero}{second}{third}", f"(?:{digit}{second}{third})"
+    return (f"^(?:{only}|{nonzero}{second}"  # 1 or 2 digits
+            f"|{head}{group}{{0,4}}(?:{last}|{digit}{second})?"  # 3 to 17
+            f"|{head}{group}{{5}})$")  # 18
+
+
+CURSOR_PATTERN = _cursor_pattern()
 #: Top-level order of a decision document (SPEC §4); the store keeps keys sorted.
 DECISION_FIELDS = ("decision_id", "loan_id", "as_of", "amounts", "outcome", "credit_reporting",
                    "tax", "explanation", "ruleset", "trace", "evaluated_at", "duration_ms")
 _QUERY_PARAMS = ("loan_id", "since", "until", "limit", "cursor")
-
-
-def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # orjson: the decision document is the largest thing encoded per request.
-    resp = Response(orjson.dumps(doc), status=status, mimetype=JSON)
-    for name, value in (headers or {}).items():
-        resp.headers[name] = value
-    return resp
 
 
 # ------------------------------------------------------------------ request body
@@ -80,7 +93,7 @@ def read_json_body(svc: Service, max_depth: int) -> Any:
     if len(data) > limit:
         raise _too_large(limit)
     try:
-        return facts_mod.parse_json(data, max_depth=max_depth)
+        return strictjson.parse_json(data, max_depth=max_depth)
     except FactsInvalid as exc:
         raise problems.invalid_json(exc.errors) from None
 
@@ -164,7 +177,7 @@ def _idempotency_key() -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _IDEMPOTENCY_KEY.match(key):
+    if re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key) is None:
         raise problems.invalid_request(
             [FieldError("headers.Idempotency-Key",
                         f"must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters")],
@@ -284,15 +297,12 @@ def post_batch() -> Response:
     return json_response({"results": results})
 
 
-def _key_path(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_$@-]{1,64}", key) else f"[{json.dumps(key[:64])}]"
-
-
 def _batch_items(doc: Any, max_items: int) -> list[Any]:
     if not isinstance(doc, dict):
         raise problems.invalid_request([FieldError("", "must be an object {\"items\": [...]}")],
                                        "The batch must be a JSON object with an items array.")
-    errors = [FieldError(_key_path(k), "unknown field") for k in doc if k != "items"]
+    errors = [FieldError(facts_mod.field_path("", k), "unknown field")
+              for k in doc if k != "items"]
     items = doc.get("items")
     if items is None:
         errors.append(FieldError("items", "required"))
@@ -375,8 +385,9 @@ def _query_params() -> dict[str, Any]:
     params: dict[str, Any] = {"limit": DEFAULT_PAGE}
     loan_id = args.get("loan_id")
     if loan_id is not None:
-        if not 1 <= len(loan_id) <= 128 or not loan_id.isprintable():
-            errors.append(FieldError("loan_id", "must be 1 to 128 printable characters"))
+        low, high = _LOAN_ID_LENGTH
+        if not low <= len(loan_id) <= high or not loan_id.isprintable():
+            errors.append(FieldError("loan_id", f"must be {low} to {high} printable characters"))
         params["loan_id"] = loan_id
     for name in ("since", "until"):
         text = args.get(name)
@@ -395,28 +406,9 @@ def _query_params() -> dict[str, Any]:
             params["limit"] = int(limit)
     cursor = args.get("cursor")
     if cursor is not None:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", cursor):
+        if re.fullmatch(CURSOR_PATTERN, cursor) is None:
             errors.append(FieldError("cursor", "malformed cursor (pass next_cursor back as is)"))
         params["cursor"] = cursor
     if errors:
         raise problems.invalid_request(errors, "A query parameter is invalid.")
     return params
-
-
-def parse_timestamp(text: str) -> datetime.datetime:
-    """RFC 3339 with an offset (`2026-01-31T12:00:00Z`), or a date (midnight UTC)."""
-    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
-        try:
-            day = datetime.date.fromisoformat(text)
-        except ValueError:
-            raise ValueError("not a valid date") from None
-        return datetime.datetime.combine(day, datetime.time(), datetime.UTC)
-    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]{5,}([Zz]|[+-][0-9]{2}:[0-9]{2})",
-                        text):
-        raise ValueError("must be an RFC 3339 timestamp with a time zone "
-                         "(e.g. 2026-01-31T12:00:00Z) or a date YYYY-MM-DD")
-    try:
-        moment = datetime.datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError("not a valid timestamp") from None
-    return moment.astimezone(datetime.UTC)

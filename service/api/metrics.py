@@ -20,7 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .generation import REJECTED, Verdict
+from ..serving.generation import REJECTED, Verdict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -50,12 +50,6 @@ class Metrics:
         self.request_seconds = Histogram(
             "deficiency_http_request_duration_seconds", "HTTP request duration, by route.",
             ["route"], buckets=_FAST_BUCKETS, registry=r)
-        self.turns_bypassed = Counter(
-            "deficiency_turns_bypassed",
-            "Requests that waited the patience (50 ms) for their turn at their worker's "
-            "interpreter and then went ahead without it (see service/api/turns.py): "
-            "a turn held across a wait, e.g. a client sending its body slowly.",
-            registry=r)
         self.reloads = Counter(
             "deficiency_ruleset_reload",
             "Examinations of the rules directory, by result (accepted, unchanged, rejected) "

@@ -1,19 +1,26 @@
 """The OpenAPI 3.1 document served at `/openapi.json`, written out by hand.
 
-The facts schema is derived from the one field table in `service.facts`, so the
-document and the validator cannot disagree about which fields exist; the rest
-(decision, problem, endpoints) is spelled out below. Tests validate real
-responses against these schemas.
+It says exactly what the server accepts. The facts schema is derived from the field
+table (`service.facts.FIELDS`: kinds, bounds, patterns, defaults, requirements), the
+request parameters from the patterns `decisions.py` checks them with, so the document and
+the validator cannot disagree; the rest (decision, problem, endpoints) is spelled out
+below. Tests validate real responses against these schemas, and run Schemathesis
+against the running server (tests/api/test_openapi_contract.py).
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
+import functools
+import unicodedata
+from decimal import Decimal
 from typing import Any
 
-from .. import facts as facts_mod
 from ..audit.store import MAX_QUERY_LIMIT
 from ..config import Config
+from ..facts import DATE_TEXT, FIELDS, FIELDS_BY_PATH, NO_DEFAULT, TODAY, Field
+from .decisions import CURSOR_PATTERN, IDEMPOTENCY_KEY_PATTERN
 
 # Output amounts, by what bounds them (SPEC §3; every input amount is at most
 # 999,999,999,999.99): an input copied through has 12 digits; debt is the sum of 3
@@ -34,82 +41,201 @@ MONEY_RULE = {"type": "string", "pattern": r"^[0-9]+\.[0-9]{2}$",
 _AMOUNTS_OUT = {"debt": MONEY_SUM, "costs": MONEY_SUM, "credits": MONEY_OUT,
                 "claim": MONEY_SIGNED, "proceeds": MONEY_OUT, "deficiency": MONEY_SUM,
                 "surplus": MONEY_SUM}
-MONEY_IN = {
-    "description": "Exact amount from 0 to 999999999999.99, at most 2 decimal places; "
-                   "a JSON string (\"8500.00\") or a JSON number (read from its text, "
-                   "never through a binary float).",
-    "oneOf": [
-        {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,2})?$"},
-        {"type": "number", "minimum": 0, "maximum": 999999999999.99},
-    ],
-}
-DATE = {"type": "string", "format": "date", "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+DATE = {"type": "string", "format": "date", "pattern": f"^{DATE_TEXT}$"}
 ULID = {"type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$",
         "description": "ULID: unique, sortable by time."}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-
-_INT_BOUNDS = {"collateral.dwelling_units": (1, 1000)}
-_STRING_BOUNDS = {"loan.id": (1, 128)}
+PRINTABLE_TEXT = "#/components/schemas/PrintableText"
 
 
-def _leaf_schema(path: str, kind: str) -> dict[str, Any]:
+# ------------------------------------------------------------------ facts
+
+
+def _json_number(value: int | Decimal) -> int | float:
+    """A bound as a JSON number that spells it exactly."""
+    if value == int(value):
+        return int(value)
+    number = float(value)
+    assert Decimal(repr(number)) == value, value  # the float's shortest spelling is the bound
+    return number
+
+
+def _years(low: int, high: int) -> str:
+    """A regular expression for the four-digit years `low` to `high`, by century."""
+    parts = []
+    for century in range(low // 100, high // 100 + 1):
+        first, last = max(low, century * 100), min(high, century * 100 + 99)
+        if (first, last) == (century * 100, century * 100 + 99):
+            parts.append(f"{century:02d}[0-9]{{2}}")
+        else:
+            parts += [f"{year:04d}" for year in range(first, last + 1)]
+    return "(?:" + "|".join(parts) + ")"
+
+
+def _date_schema(f: Field) -> dict[str, Any]:
+    low, high = f.minimum, f.maximum
+    assert isinstance(low, datetime.date) and isinstance(high, datetime.date)
+    # Whole years, so the bounds are a pattern on the year digits.
+    assert (low.month, low.day, high.month, high.day) == (1, 1, 12, 31)
+    assert f.pattern is not None and f.pattern.startswith("[0-9]{4}")
+    years = f.pattern.replace("[0-9]{4}", _years(low.year, high.year), 1)
+    return {"type": "string", "format": "date", "pattern": f"^{years}$",
+            "description": f"A calendar date from {low} to {high}."}
+
+
+def _amount_schema(f: Field) -> dict[str, Any]:
+    assert isinstance(f.minimum, Decimal) and isinstance(f.maximum, Decimal)
+    assert f.places is not None and f.pattern is not None
+    return {
+        "description": f"Exact amount from {f.minimum} to {f.maximum} with at most {f.places} "
+                       "decimal places: a JSON string (\"8500.00\") or a JSON number, read "
+                       "from its text (never through a binary float), so its spelling too has "
+                       f"at most {f.places} decimal places (1.100 is refused).",
+        "oneOf": [
+            {"type": "string", "pattern": f"^{f.pattern}$"},
+            {"type": "number", "minimum": _json_number(f.minimum),
+             "maximum": _json_number(f.maximum),
+             "multipleOf": _json_number(Decimal(1).scaleb(-f.places))},
+        ],
+    }
+
+
+def _leaf_schema(f: Field) -> dict[str, Any]:
     schema: dict[str, Any]
-    if kind in ("money", "decimal"):
-        schema = copy.deepcopy(MONEY_IN)
-    elif kind == "date":
-        schema = dict(DATE)
-    elif kind == "bool":
+    if f.kind in ("money", "decimal"):
+        schema = _amount_schema(f)
+    elif f.kind == "date":
+        schema = _date_schema(f)
+    elif f.kind == "bool":
         schema = {"type": "boolean"}
-    elif kind == "int":
-        schema = {"type": "integer"}
-        if path in _INT_BOUNDS:
-            schema["minimum"], schema["maximum"] = _INT_BOUNDS[path]
-    elif kind in ("enum", "jurisdiction"):
-        schema = {"type": "string", "enum": list(facts_mod.FACT_ENUMS[path])}
+    elif f.kind == "int":
+        schema = {"type": "integer", "description": "A JSON integer, spelled without a "
+                                                    "fraction or exponent (2.0 is refused)."}
+        if f.minimum is not None:
+            schema["minimum"] = f.minimum
+        if f.maximum is not None:
+            schema["maximum"] = f.maximum
+    elif f.kind in ("enum", "jurisdiction"):
+        schema = {"type": "string", "enum": list(f.choices)}
     else:
-        low, high = _STRING_BOUNDS.get(path, (0, 1024))
-        schema = {"type": "string", "minLength": low, "maxLength": high}
-    default = facts_mod.FACT_DEFAULTS.get(path)
-    if default is not None:
-        schema["default"] = default if isinstance(default, (bool, str)) else str(default)
-    if path == "as_of":
-        schema["description"] = "Date the decision is made for; default today (UTC)."
-    if path == "negotiation.settlement_amount":
-        schema["description"] = "Required when negotiation.state is settlement_agreed."
+        assert f.kind == "string", f.kind
+        schema = _text_schema(f)
+    if f.default is TODAY:
+        _describe(schema, "The date the decision is made for; default today (UTC).")
+    elif f.default is not NO_DEFAULT:
+        schema["default"] = (f.default if isinstance(f.default, (bool, str))
+                             else str(f.default))
+    if f.required_when is not None:
+        _describe(schema, "Required when {} is {}.".format(*f.required_when))
+    return schema if f.required else _nullable(schema)
+
+
+def _describe(schema: dict[str, Any], sentence: str) -> None:
+    schema["description"] = " ".join(filter(None, (sentence, schema.get("description"))))
+
+
+def _text_schema(f: Field) -> dict[str, Any]:
+    schema: dict[str, Any] = {"$ref": PRINTABLE_TEXT}
+    if f.min_length is not None:
+        schema["minLength"] = f.min_length
+    if f.max_length is not None:
+        schema["maxLength"] = f.max_length
+    return schema
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` or null: null in an optional field is the same as leaving it out."""
+    if "oneOf" in schema:
+        schema["oneOf"].append({"type": "null"})
+    elif "enum" in schema:
+        schema["type"], schema["enum"] = [schema["type"], "null"], [*schema["enum"], None]
+    elif "type" in schema:
+        schema["type"] = [schema["type"], "null"]
+    else:
+        schema = {"anyOf": [schema, {"type": "null"}]}
     return schema
 
 
 def facts_schema() -> dict[str, Any]:
-    """The request facts (SPEC §2) as JSON Schema: strict, no unknown fields."""
-    root: dict[str, Any] = {"type": "object", "properties": {}, "required": [],
-                            "additionalProperties": False}
-    for path, kind in facts_mod.FACT_FIELDS.items():
-        node = root
-        parts = path.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node["properties"].get(part)
-            if child is None:
-                child = node["properties"][part] = {
-                    "type": "object", "properties": {}, "required": [],
-                    "additionalProperties": False}
-            prefix = ".".join(parts[: i + 1])
-            if any(r.startswith(prefix + ".") for r in facts_mod.FACT_REQUIRED) \
-                    and part not in node["required"]:
-                node["required"].append(part)
-            node = child
-        node["properties"][parts[-1]] = _leaf_schema(path, kind)
-        if path in facts_mod.FACT_REQUIRED:
-            node["required"].append(parts[-1])
-    _drop_empty_required(root)
-    return root
+    """The request facts (SPEC §2) as JSON Schema: strict, no unknown fields; null in an
+    optional field or object counts as absent."""
+    objects = {"": _object()}
+    for f in FIELDS:
+        parts = f.path.split(".")
+        for depth, key in enumerate(parts):
+            parent = objects[".".join(parts[:depth])]
+            if f.required and key not in parent.setdefault("required", []):
+                parent["required"].append(key)
+            if depth < len(parts) - 1:
+                path = ".".join(parts[: depth + 1])
+                if path not in objects:
+                    objects[path] = parent["properties"][key] = _object()
+            else:
+                parent["properties"][key] = _leaf_schema(f)
+    for path, node in objects.items():
+        if not node.get("required", True):
+            del node["required"]
+        if path and "required" not in node:  # no required field below: it may be left out
+            _nullable(node)
+    for f in FIELDS:
+        if f.required_when is not None:
+            _require_when(objects, f)
+    return objects[""]
 
 
-def _drop_empty_required(node: dict[str, Any]) -> None:
-    if node.get("required") == []:
-        del node["required"]
-    for child in node.get("properties", {}).values():
-        if child.get("type") == "object":
-            _drop_empty_required(child)
+def _object() -> dict[str, Any]:
+    return {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def _require_when(objects: dict[str, dict[str, Any]], f: Field) -> None:
+    """`f` is required (and not null) when a sibling field has a given value."""
+    assert f.required_when is not None
+    cond_path, value = f.required_when
+    parent, _, key = f.path.rpartition(".")
+    cond_parent, _, cond_key = cond_path.rpartition(".")
+    assert parent == cond_parent, "a condition on a field of the same object"
+    objects[parent]["if"] = {"properties": {cond_key: {"const": value}}, "required": [cond_key]}
+    objects[parent]["then"] = {"properties": {key: {"not": {"type": "null"}}},
+                               "required": [key]}
+
+
+@functools.cache
+def printable_pattern() -> str:
+    """`str.isprintable` as a JSON Schema pattern: the characters it accepts, by range, from
+    this Python's Unicode database (no control, format, surrogate, private-use, unassigned
+    or separator character other than the space)."""
+    ranges: list[tuple[int, int]] = []
+    start = None
+    for code in range(0x110001):
+        printable = code < 0x110000 and chr(code).isprintable()
+        if printable and start is None:
+            start = code
+        elif not printable and start is not None:
+            ranges.append((start, code - 1))
+            start = None
+
+    def char(code: int) -> str:
+        c = chr(code)
+        return "\\" + c if c in "\\]^-[" else c
+
+    return "^[" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}"
+                          for a, b in ranges) + "]*$"
+
+
+def _printable_text() -> dict[str, Any]:
+    return {"type": "string", "pattern": printable_pattern(),
+            "description": "Printable characters only (Python's str.isprintable, Unicode "
+                           f"{unicodedata.unidata_version}): no control, format, surrogate, "
+                           "private-use, unassigned or separator character but the space."}
+
+
+def _time_bound(description: str) -> dict[str, Any]:
+    """A `since`/`until` query parameter (service.timestamps.parse_timestamp)."""
+    return {"description": description + " An RFC 3339 date-time (with its offset) or "
+                                         "full-date (midnight UTC); not in year 0000.",
+            "schema": {"type": "string", "anyOf": [{"format": "date-time"},
+                                                   {"format": "date"}],
+                       "not": {"pattern": "^0000"}}}
 
 
 def _decision_schema() -> dict[str, Any]:
@@ -190,6 +316,7 @@ def _components(config: Config) -> dict[str, Any]:
     return {
         "schemas": {
             "Facts": facts_schema(),
+            "PrintableText": _printable_text(),
             "Decision": decision,
             "StoredDecision": stored,
             "DecisionSummary": {
@@ -276,7 +403,11 @@ def _components(config: Config) -> dict[str, Any]:
                 "type": "object", "required": ["items"],
                 "properties": {"items": {
                     "type": "array", "minItems": 1, "maxItems": config.limits.max_batch_items,
-                    "items": {"$ref": "#/components/schemas/Facts"}}},
+                    "items": {"description": "Facts (#/components/schemas/Facts). Each item "
+                                             "is validated on its own: one that is not valid "
+                                             "facts, whatever it is, gets its problem in the "
+                                             "results, in its place, and does not fail the "
+                                             "batch."}}},
                 "additionalProperties": False,
             },
             "BatchResponse": {
@@ -380,22 +511,33 @@ def _components(config: Config) -> dict[str, Any]:
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
         },
         "responses": {
-            name: {"description": text, "content": {"application/problem+json": {
-                "schema": {"$ref": "#/components/schemas/Problem"}}}}
+            "BadRequest": {
+                "description": "Malformed JSON or an invalid parameter (problem+json); or a "
+                               "malformed HTTP request (request line, header field, "
+                               "Content-Length), refused by the HTTP server with its own "
+                               "page before it is routed.",
+                "content": {"application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/Problem"}}, **_SERVER_PAGE}},
+        } | {
+            name: {"description": text + " Answered by the HTTP server (gunicorn) with its "
+                                         "own page, before the request is routed.",
+                   "content": _SERVER_PAGE}
             for name, text in (
-                ("BadRequest", "Malformed JSON, an invalid parameter, or a malformed "
-                               "HTTP request (request line, header field, Content-Length)."),
                 ("MalformedRequest", "A malformed HTTP request (request line, header "
-                                     "field, Content-Length), refused before it is routed."),
+                                     "field, Content-Length)."),
                 ("UriTooLong", "The request line is over the HTTP server's limit "
                                "(4094 bytes)."),
                 ("HeadersTooLarge", "Over the HTTP server's header limits (100 fields, "
                                     "8190 bytes each)."),
-                ("ExpectationFailed", "An Expect header other than 100-continue, refused "
-                                      "before the request is routed."),
+                ("ExpectationFailed", "An Expect header other than 100-continue."),
                 ("TransferCodingNotImplemented", "A Transfer-Encoding the HTTP server does "
                                                  "not implement (other than chunked, "
                                                  "identity, gzip, deflate, compress)."),
+            )
+        } | {
+            name: {"description": text, "content": {"application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for name, text in (
                 ("Unauthorized", "No valid API key (see WWW-Authenticate)."),
                 ("Forbidden", "The API key lacks the required scope."),
                 ("NotFound", "No such resource."),
@@ -432,9 +574,13 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
 
 
+#: What the HTTP server answers for a request it refuses before the app sees it.
+_SERVER_PAGE: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
+
+
 def _http_refusals(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation can be refused by the HTTP server before it is routed
-    (service/api/server.py `refusal`): a malformed request (400), a request line or
+    """Every operation can be refused by the HTTP server before it is routed, with the
+    server's own page (docs/reliability.md): a malformed request (400), a request line or
     header fields over its limits (414, 431), an Expect header it cannot meet (417), a
     transfer coding it does not implement (501)."""
     for item in paths.values():
@@ -461,7 +607,8 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "version": "1",
             "description": "Decides who bears a secured loan's deficiency balance and keeps "
                            "every decision in a durable, tamper-evident audit log. Errors are "
-                           "application/problem+json (RFC 9457).",
+                           "application/problem+json (RFC 9457), except requests the HTTP "
+                           "server refuses before they are routed (its own text/html page).",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": _AUTH,
@@ -474,8 +621,9 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                    "same body returns the recorded decision (200).",
                     "parameters": [{"name": "Idempotency-Key", "in": "header",
                                     "required": False,
-                                    "schema": {"type": "string", "minLength": 1,
-                                               "maxLength": 255}}],
+                                    "description": "1 to 255 visible ASCII characters.",
+                                    "schema": {"type": "string",
+                                               "pattern": IDEMPOTENCY_KEY_PATTERN}}],
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Facts"}}}},
                     "responses": {
@@ -495,16 +643,16 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "description": "Scope `audit:read`.",
                     "parameters": [
                         {"name": "loan_id", "in": "query",
-                         "schema": {"type": "string", "minLength": 1, "maxLength": 128}},
-                        {"name": "since", "in": "query",
-                         "description": "Recorded at or after (RFC 3339 with offset, or a "
-                                        "date).", "schema": {"type": "string"}},
-                        {"name": "until", "in": "query", "description": "Recorded before.",
-                         "schema": {"type": "string"}},
+                         "schema": _text_schema(FIELDS_BY_PATH["loan.id"])},
+                        {"name": "since", "in": "query", **_time_bound("Recorded at or after.")},
+                        {"name": "until", "in": "query",
+                         **_time_bound("Recorded before; not before since (400).")},
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1,
                                     "maximum": MAX_QUERY_LIMIT, "default": 50}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query",
+                         "description": "next_cursor of the previous page, as it is.",
+                         "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
                     ],
                     "responses": {"200": _json("DecisionPage", "A page of decisions."),
                                   **_errors(400, 401, 403, 500, 503)},

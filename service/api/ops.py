@@ -1,17 +1,14 @@
-"""Operational endpoints, open to all: liveness, readiness, metrics, the API document;
-and the hidden `/v1/_floor` the HTTP benchmark measures the server's floor with (it
-needs a key with the scope `decide`, like a decision)."""
+"""Operational endpoints, open to all: liveness, readiness, metrics, the API document."""
 
 from __future__ import annotations
 
 import datetime
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from .app import authorize, service
-from .decisions import json_response
-from .generation import REJECTED, Verdict
+from ..serving.generation import REJECTED, Verdict
+from .handle import json_response, service
 from .openapi import openapi_document
 from .problems import Problem
 
@@ -66,12 +63,3 @@ def metrics() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     return json_response(openapi_document(service().config))
-
-
-@bp.post("/v1/_floor")
-def floor() -> Response:
-    """What the server costs without deciding: check the key as a decision does (scope
-    `decide`: 401/403 otherwise), read the body, answer small JSON."""
-    authorize("decide")
-    request.get_data(cache=False)
-    return json_response({"status": "ok"})

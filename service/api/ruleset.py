@@ -6,10 +6,9 @@ import logging
 
 from flask import Blueprint, Response
 
-from .app import authorize, service
-from .decisions import json_response
+from ..serving.active_ruleset import RulesetRejected, problem_doc
+from .handle import authorize, json_response, service
 from .problems import Problem
-from .rulesets import RulesetRejected, problem_doc
 
 bp = Blueprint("ruleset", __name__)
 log = logging.getLogger("deficiency.api")
@@ -40,9 +39,7 @@ def reload_ruleset() -> Response:
     principal = authorize("admin")
     svc = service()
     try:
-        # Checking takes up to a second: the other requests go on meanwhile.
-        with svc.turns.let_go():
-            result = svc.rulesets.reload()
+        result = svc.rulesets.reload()
     except RulesetRejected as exc:
         active = svc.rulesets.info
         errors = [p for p in exc.problems if p.severity == "error"]

@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from service.audit.engine import write_options
+from service.audit.database import write_options
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # Our own version table, so the audit schema can share a database with others.

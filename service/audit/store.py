@@ -17,12 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import threading
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,18 +31,25 @@ from service.audit import schema
 from service.audit.chain import (
     CONTENT_FIELDS,
     ChainWalk,
-    Fragment,
-    canonical_bytes,
     content_hash,
     format_timestamp,
 )
+from service.audit.database import STORE_TIMEOUT, create_audit_engine
 from service.audit.deadline import Deadlines, deadlines_for
-from service.audit.engine import STORE_TIMEOUT, create_audit_engine
 from service.audit.migrate import upgrade
+from service.audit.records import (
+    DuplicateDecisionId,
+    DuplicateIdempotencyKey,
+    NewRecord,
+    PreparedRecord,
+    StoreUnavailable,
+    VerifyResult,
+    prepare,
+)
 from service.audit.writer import Writer, WriterUnavailable
+from service.messages import one_line
 
 MAX_QUERY_LIMIT = 1000
-GROUP_COMMIT_MAX_BATCH = 256
 # Rows per INSERT statement: 64 rows of 15 parameters stay below the smallest limit on
 # parameters per statement (999, SQLite before 3.32).
 _ROWS_PER_INSERT = 64
@@ -54,179 +58,16 @@ _records = schema.records
 _head = schema.chain_head
 
 
-class StoreUnavailable(Exception):
-    """The database cannot be reached or a transaction failed for an operational
-    reason (server down, lock timeout, disk full). Worth retrying later: 503."""
-
-
-class DuplicateIdempotencyKey(Exception):
-    """A record with this idempotency key is already in the log."""
-
-    def __init__(self, key: str, decision_id: str) -> None:
-        super().__init__(f"idempotency key {key!r} already recorded for decision {decision_id}")
-        self.key = key
-        self.decision_id = decision_id
-
-
-class DuplicateDecisionId(Exception):
-    """A record with this decision id is already in the log."""
-
-    def __init__(self, decision_id: str) -> None:
-        super().__init__(f"decision {decision_id} is already recorded")
-        self.decision_id = decision_id
-
-
-@dataclass(frozen=True)
-class NewRecord:
-    """A decision to append. facts, decision and trace are JSON-ready already
-    (str/int/bool/None/list/dict, money as strings)."""
-
-    decision_id: str
-    recorded_at: datetime
-    loan_id: str
-    ruleset_name: str
-    ruleset_version: str
-    ruleset_sha256: str
-    facts: dict
-    decision: dict
-    trace: list
-    duration_ms: float
-    idempotency_key: str | None = None
-    request_hash: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("decision_id", "loan_id", "ruleset_name", "ruleset_version",
-                     "ruleset_sha256"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string")
-        for name in ("idempotency_key", "request_hash"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"{name} must be a non-empty string or None")
-        if not isinstance(self.recorded_at, datetime) or self.recorded_at.utcoffset() is None:
-            raise ValueError("recorded_at must be a timezone-aware datetime")
-        for name, kind in (("facts", dict), ("decision", dict), ("trace", list)):
-            if not isinstance(getattr(self, name), kind):
-                raise ValueError(f"{name} must be a {kind.__name__}")
-        duration = self.duration_ms
-        if isinstance(duration, bool) or not isinstance(duration, int | float) \
-                or not math.isfinite(duration) or duration < 0:
-            raise ValueError("duration_ms must be a finite, non-negative number")
-        # Stored as UTC and as a float: normalise now so the hash computed at append
-        # equals the hash recomputed from what the database gives back.
-        object.__setattr__(self, "recorded_at", self.recorded_at.astimezone(UTC))
-        object.__setattr__(self, "duration_ms", float(duration))
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    checked: int
-    first_bad_seq: int | None = None
-    first_bad_decision_id: str | None = None
-    reason: str | None = None
-
-
-class PreparedRecord:
-    """A validated record, encoded once: its facts, decision and trace as canonical JSON
-    bytes, from which both the hashed content (as fragments) and the column values
-    are made when it is written. `parts` is the plain tuple it is made of, for
-    handing it to another process (`from_parts`)."""
-
-    __slots__ = ("_content", "_row", "decision_id", "idempotency_key", "parts", "sqlite_time")
-
-    def __init__(self, parts: tuple[Any, ...]) -> None:
-        self.parts = parts
-        self.decision_id: str = parts[0]
-        # SQLite keeps naive UTC text, spelled as SQLAlchemy spells it (so reads and
-        # range queries through SQLAlchemy see the same values).
-        self.sqlite_time: str = parts[1]
-        self.idempotency_key: str | None = parts[10]
-        self._content: dict[str, Any] | None = None
-        self._row: tuple[Any, ...] | None = None
-
-    @classmethod
-    def from_parts(cls, parts: tuple[Any, ...]) -> PreparedRecord:
-        if not isinstance(parts, tuple) or len(parts) != 12:
-            raise ValueError("not the parts of a prepared record")
-        return cls(parts)
-
-    @property
-    def recorded_at(self) -> datetime:
-        return datetime.fromisoformat(self.sqlite_time).replace(tzinfo=UTC)
-
-    @property
-    def content(self) -> dict[str, Any]:
-        """The fields the record's hash covers (facts, decision, trace as fragments)."""
-        if self._content is None:
-            (decision_id, sqlite_time, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
-             facts, decision, trace, duration_ms, idempotency_key, request_hash) = self.parts
-            self._content = {
-                "decision_id": decision_id,
-                "recorded_at": f"{sqlite_time[:10]}T{sqlite_time[11:]}Z",  # format_timestamp
-                "loan_id": loan_id,
-                "ruleset_name": ruleset_name,
-                "ruleset_version": ruleset_version,
-                "ruleset_sha256": ruleset_sha256,
-                "facts": Fragment(facts),
-                "decision": Fragment(decision),
-                "trace": Fragment(trace),
-                "duration_ms": duration_ms,
-                "idempotency_key": idempotency_key,
-                "request_hash": request_hash,
-            }
-        return self._content
-
-    @property
-    def row(self) -> tuple[Any, ...]:
-        """Column values after seq and recorded_at, up to (not including) prev_hash."""
-        if self._row is None:
-            (decision_id, _, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
-             facts, decision, trace, duration_ms, idempotency_key, request_hash) = self.parts
-            self._row = (decision_id, loan_id, ruleset_name, ruleset_version, ruleset_sha256,
-                         facts.decode("utf-8"), decision.decode("utf-8"),
-                         trace.decode("utf-8"), duration_ms, idempotency_key, request_hash)
-        return self._row
-
-
-def prepare(record: NewRecord) -> PreparedRecord:
-    """Validate and encode a record for appending (ValueError if it is not JSON-ready)."""
-    if not isinstance(record, NewRecord):
-        raise TypeError(f"expected a NewRecord, got {type(record).__name__}")
-    try:
-        facts = canonical_bytes(record.facts)
-        decision = canonical_bytes(record.decision)
-        trace = canonical_bytes(record.trace)
-        # The scalars must encode too (a lone surrogate would not), before any lock.
-        canonical_bytes([record.decision_id, record.loan_id, record.ruleset_name,
-                         record.ruleset_version, record.ruleset_sha256,
-                         record.idempotency_key, record.request_hash])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"record {record.decision_id} is not JSON-ready: {exc}") from exc
-    # recorded_at is UTC already (NewRecord normalises it).
-    return PreparedRecord((
-        record.decision_id, record.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
-        record.loan_id, record.ruleset_name, record.ruleset_version, record.ruleset_sha256,
-        facts, decision, trace, record.duration_ms, record.idempotency_key,
-        record.request_hash))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextmanager
 def _operational_errors() -> Iterator[None]:
     """Turn 'the database is not there right now' into StoreUnavailable."""
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError) as exc:
-        raise StoreUnavailable(f"audit store unavailable: {_one_line(exc)}") from exc
+        raise StoreUnavailable(f"audit store unavailable: {one_line(exc)}") from exc
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
-            raise StoreUnavailable(f"audit store unavailable: {_one_line(exc)}") from exc
+            raise StoreUnavailable(f"audit store unavailable: {one_line(exc)}") from exc
         raise
 
 
@@ -347,9 +188,9 @@ class AuditStore:
         call). An operational failure keeps all of them out: each gets its own
         StoreUnavailable. This is what GroupCommitter commits a group with.
         """
-        return self._commit_each([prepare(record) for record in records])
+        return self.commit_each([prepare(record) for record in records])
 
-    def _commit_each(self, prepared: list[PreparedRecord]) -> list[Exception | None]:
+    def commit_each(self, prepared: list[PreparedRecord]) -> list[Exception | None]:
         if not prepared:
             return []
         try:
@@ -704,108 +545,3 @@ def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> AuditStore:
         engine.dispose()
         raise
     return AuditStore(engine, busy_timeout=busy_timeout)
-
-
-class _Pending:
-    """One submitter's records, committed in the same group (so one transaction)."""
-
-    __slots__ = ("done", "errors", "prepared")
-
-    def __init__(self, prepared: list[PreparedRecord]) -> None:
-        self.prepared = prepared
-        self.done = threading.Event()
-        self.errors: list[Exception | None] = []
-
-
-class GroupCommitter:
-    """Lets many threads append with one transaction (one fsync) per group.
-
-    `submit` blocks until its record is committed, or raises what kept it out;
-    `submit_many` does the same for several records at once (all in the same
-    transaction). A single writer thread takes whatever has queued up (at most
-    `max_batch` records, but never part of one submission) while the previous
-    group was committing and commits it together, so the busier the server, the
-    larger the groups.
-    """
-
-    def __init__(self, store: AuditStore, *, max_batch: int = GROUP_COMMIT_MAX_BATCH) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be positive")
-        self._store = store
-        self._max_batch = max_batch
-        self._queue: deque[_Pending] = deque()
-        self._wakeup = threading.Condition(threading.Lock())
-        self._closed = False
-        self.transactions = 0  # groups committed (or attempted)
-        self.committed = 0  # records committed
-        self._writer = threading.Thread(target=self._run, name="audit-group-commit",
-                                        daemon=True)
-        self._writer.start()
-
-    def submit(self, record: NewRecord) -> None:
-        error = self.commit_prepared([prepare(record)])[0]  # bad records fail here
-        if error is not None:
-            raise error
-
-    def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | None]:
-        """Commit `records` in one transaction (shared with other submitters); one
-        entry per record, as `AuditStore.append_each` returns them."""
-        return self.commit_prepared([prepare(record) for record in records])
-
-    def commit_prepared(self, records: list[PreparedRecord]) -> list[Exception | None]:
-        """`submit_many` for records `prepare` has made already."""
-        if not records:
-            return []
-        pending = _Pending(records)
-        with self._wakeup:
-            if self._closed:
-                raise RuntimeError("the audit group committer is closed")
-            self._queue.append(pending)
-            self._wakeup.notify()
-        pending.done.wait()
-        return pending.errors
-
-    def close(self) -> None:
-        """Commit what is queued, then stop the writer thread."""
-        with self._wakeup:
-            self._closed = True
-            self._wakeup.notify()
-        self._writer.join()
-
-    def __enter__(self) -> GroupCommitter:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _take(self) -> list[_Pending]:
-        """The next group (called holding the condition, the queue not empty)."""
-        queue = self._queue
-        group = [queue.popleft()]
-        size = len(group[0].prepared)
-        while queue and size + len(queue[0].prepared) <= self._max_batch:
-            size += len(queue[0].prepared)
-            group.append(queue.popleft())
-        return group
-
-    def _run(self) -> None:
-        while True:
-            with self._wakeup:
-                while not self._queue and not self._closed:
-                    self._wakeup.wait()
-                if not self._queue:
-                    return  # closed and drained
-                group = self._take()
-            records = [p for pending in group for p in pending.prepared]
-            try:
-                errors = self._store._commit_each(records)
-            except Exception as exc:  # never leave a submitter waiting forever
-                errors = [RuntimeError(f"audit writer failed: {exc!r}") for _ in records]
-            self.transactions += 1
-            self.committed += sum(error is None for error in errors)
-            start = 0
-            for pending in group:
-                end = start + len(pending.prepared)
-                pending.errors = errors[start:end]
-                start = end
-                pending.done.set()

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 
 from service.audit import schema
 from service.audit.deadline import Watch, deadlines_for
+from service.messages import one_line
 
 log = logging.getLogger("deficiency.audit")
 
@@ -374,9 +375,4 @@ class Writer:
 
 
 def _cause(exc: BaseException, watch: Watch) -> str:
-    return watch.cause if watch.expired else _one_line(exc)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return watch.cause if watch.expired else one_line(exc)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from service.api import create_app
-from service.api.auth import key_sha256
+from service.apikeys import key_sha256
 from service.config import ApiKey, AuditConfig, AuthConfig, Config, RulesConfig, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]

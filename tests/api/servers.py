@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
                  keys: list[dict[str, Any]] | None = None, rules_dir: Path | None = None,
-                 threads: int = 8, keepalive_requests: int = 1000,
+                 threads: int = 8,
                  audit_timeout: int | None = None) -> Path:
     lines = [
         "server:",
@@ -35,7 +35,6 @@ def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
         f"  workers: {workers}",
         f"  threads: {threads}",
         "  graceful_timeout: 10",
-        f"  keepalive_requests: {keepalive_requests}",
         "rules:",
         f"  dir: {rules_dir or ROOT / 'rules'}",
         "audit:",

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from service.api.auth import Keyring, key_sha256, new_key
+from service.api.auth import Keyring
+from service.apikeys import key_sha256, new_key
 from service.config import ApiKey
 
 from .conftest import CAR, KEYS, ConformingClient, api_keys, bearer, make_config, post_json

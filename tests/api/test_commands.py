@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.api.auth import Keyring, key_sha256
+from service.api.auth import Keyring
+from service.apikeys import key_sha256
 from service.cli import main
 from service.config import load_config
 

@@ -25,7 +25,6 @@ def test_the_repository_config_yaml_loads_with_the_documented_defaults(
     assert config.server.bind == "127.0.0.1:8080"
     assert config.server.workers == cpu_count()
     assert config.server.threads == 8
-    assert config.server.keepalive_requests == 1000
     assert config.limits.max_body_bytes == 1024 * 1024
     assert config.limits.max_batch_items == 100
     assert config.limits.max_json_depth == 32

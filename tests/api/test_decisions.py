@@ -153,7 +153,7 @@ def test_a_malformed_idempotency_key_is_400(client: ConformingClient, key: str) 
 
 
 def test_the_request_hash_ignores_key_order_and_spelling_of_numbers() -> None:
-    from service.facts import parse_json
+    from service.strictjson import parse_json
 
     a = parse_json('{"a": 1, "b": {"x": "8500.00"}}')
     b = parse_json('{"b": {"x": 8500.00}, "a": 1}')

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from service.api.generation import REJECTED, SharedGeneration
-from service.api.rulesets import ActiveRuleset, RulesetRejected
 from service.engine import decide as decide_mod
 from service.facts import validate_facts
 from service.policy.loader import rule_files, ruleset_digest
+from service.serving.active_ruleset import ActiveRuleset, RulesetRejected
+from service.serving.generation import REJECTED, SharedGeneration
 
 from .conftest import CAR, RULES, ConformingClient, api_keys, bearer, make_config, post_json
 
@@ -246,7 +246,7 @@ def test_the_watcher_follows_edits_and_reports_broken_ones(
 
 def test_workers_check_once_and_follow_the_accepted_copy(
         tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.api import rulesets as rulesets_mod
+    from service.serving import active_ruleset as rulesets_mod
 
     shared = SharedGeneration(str(tmp_path / "state"))
     checked: list[str] = []

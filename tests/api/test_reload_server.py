@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.api.auth import key_sha256
+from service.apikeys import key_sha256
 
 from .conftest import CAR, KEYS, RULES
 from .servers import Server, free_port, write_config

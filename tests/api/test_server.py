@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 import requests
 
-from service.api.server import SHARE_LOOK, BalancedThreadWorker
-
 from .conftest import CAR, KEYS, RULES, SHORT_SALE, OpenApi, api_keys, facts
 from .servers import Server, free_port, start_sqlite_server, write_config
 from .test_decisions import check_car, check_short_sale
@@ -37,7 +35,7 @@ def server(request: pytest.FixtureRequest,
     port = free_port()
     keys = [{"name": k.name, "sha256": k.sha256, "scopes": sorted(k.scopes)} for k in api_keys()]
     config = write_config(tmp / "config.yaml", port=port, audit_url=url, keys=keys,
-                          rules_dir=rules, keepalive_requests=50)
+                          rules_dir=rules)
     srv = Server(config, port, tmp / "server.log").start()
     yield srv
     assert srv.stop() == 0, srv.log()
@@ -156,16 +154,6 @@ def test_reload_reaches_every_worker(server: Server) -> None:
         assert post(server, "/v1/decisions", CAR).json()["ruleset"]["version"] == "2099.9.9"
 
 
-def test_keep_alive_connections_are_recycled(server: Server) -> None:
-    """Every keepalive_requests-th (here 50th) request on a connection is answered with
-    Connection: close; the client reconnects."""
-    session = requests.Session()
-    closes = [session.get(server.base + "/healthz", timeout=10).headers.get("Connection")
-              for _ in range(101)]
-    assert closes.count("close") == 2
-    assert closes[49] == closes[99] == "close"
-
-
 def _read_responses(sock: Any, count: int) -> list[tuple[int, bytes]]:
     """`count` HTTP/1.1 responses (status, body) read off a raw keep-alive socket."""
     buf = b""
@@ -270,29 +258,3 @@ def test_clients_gone_quiet_after_an_unread_body_hold_no_thread(tmp_path: Path) 
         for sock in quiet:
             sock.close()
         quiet_server.stop()
-
-
-class _Poller:
-    def __init__(self) -> None:
-        self.timeouts: list[float] = []
-
-    def select(self, timeout: float) -> list[Any]:
-        self.timeouts.append(timeout)
-        return []
-
-
-def test_a_worker_that_stopped_accepting_looks_again_within_the_share_interval() -> None:
-    """gthread decides whether to accept once per turn of its loop, and a turn waits up
-    to 1 s for an event. A worker that stopped accepting (another held fewer
-    connections) while its threads served keep-alive connections slept through that
-    second while a reconnecting client waited in the listen queue (1.01 s answers at
-    start-up in 5 of 10 runs of 16 clients; none in 5 since). Not accepting, it looks again
-    within SHARE_LOOK; accepting, gthread's own wait stands."""
-    worker = object.__new__(BalancedThreadWorker)
-    worker.poller = _Poller()
-    worker._accepting_share = False
-    worker.wait_for_and_dispatch_events(1.0)
-    worker._accepting_share = True
-    worker.wait_for_and_dispatch_events(1.0)
-    assert worker.poller.timeouts == [SHARE_LOOK, 1.0]
-    assert SHARE_LOOK <= 0.05

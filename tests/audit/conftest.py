@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from service.audit.store import AuditStore, open_store
+from service.audit import AuditStore, open_store
 
 PG_ADMIN_URL = os.environ.get(
     "AUDIT_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

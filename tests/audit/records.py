@@ -6,7 +6,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from service.audit.store import NewRecord
+from service.audit import NewRecord
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -35,7 +35,7 @@ def make_record(n: int, *, loan_id: str | None = None, at: datetime | None = Non
 def append_in_small_batches(url: str, worker: int, records: int, barrier) -> None:
     """A writer process: wait for the others, open the store (all at once, racing
     the migration), then append `records` records in batches of 1 to 4."""
-    from service.audit.store import open_store
+    from service.audit import open_store
 
     # Timeouts, so one writer's failure breaks the barrier for the others instead
     # of leaving them waiting for ever.
@@ -83,7 +83,7 @@ def append_past_a_file_size_limit(url: str, limit: int, results) -> None:
     import resource
     import signal
 
-    from service.audit.store import StoreUnavailable, open_store
+    from service.audit import StoreUnavailable, open_store
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
     store = open_store(url)

@@ -10,8 +10,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from service.audit.engine import normalise_url
-from service.audit.store import GroupCommitter, StoreUnavailable, open_store
+from service.audit import GroupCommitter, StoreUnavailable, open_store
+from service.audit.database import normalise_url
 from tests.audit.conftest import admin_engine
 from tests.audit.records import (
     append_one,

@@ -19,7 +19,7 @@ from service.audit.chain import (
     content_hash,
     record_hash,
 )
-from service.audit.store import PreparedRecord, prepare
+from service.audit.records import prepare
 from tests.audit.records import make_record
 
 json_values = st.recursive(
@@ -101,13 +101,3 @@ def prepared_column(name: str) -> int:
     # PreparedRecord.row: decision_id, loan_id, ruleset_name, ruleset_version,
     # ruleset_sha256, facts, decision, trace, duration_ms, idempotency_key, request_hash
     return {"facts": 5, "decision": 6, "trace": 7}[name]
-
-
-def test_a_prepared_record_travels_as_plain_parts():
-    prepared = prepare(make_record(3, key="k"))
-    again = PreparedRecord.from_parts(prepared.parts)
-    assert again.parts == prepared.parts and again.row == prepared.row
-    assert content_hash(again.content, 1, "0" * 64) == content_hash(prepared.content, 1, "0" * 64)
-    assert again.recorded_at == prepared.recorded_at
-    with pytest.raises(ValueError):
-        PreparedRecord.from_parts(("too", "short"))

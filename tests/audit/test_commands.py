@@ -7,7 +7,7 @@ import json
 
 import sqlalchemy as sa
 
-from service.audit.commands import show_command, verify_command
+from service.commands.audit import show_command, verify_command
 from tests.audit.records import make_record
 
 

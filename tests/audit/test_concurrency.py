@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from service.audit.store import DuplicateIdempotencyKey, GroupCommitter
+from service.audit import DuplicateIdempotencyKey, GroupCommitter
 from tests.audit.records import append_in_small_batches, join_or_kill, make_record
 
 PROCESSES = 4
@@ -26,7 +26,7 @@ def test_processes_appending_at_once_keep_one_contiguous_chain(store_url):
         process.start()
     assert join_or_kill(workers) == [0] * PROCESSES
 
-    from service.audit.store import open_store
+    from service.audit import open_store
 
     with open_store(store_url) as store:
         assert store.count() == PROCESSES * RECORDS_PER_PROCESS

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.audit.store import AuditStore, StoreUnavailable, open_store
+from service.audit import AuditStore, StoreUnavailable, open_store
 from tests.api.servers import TcpProxy
 from tests.audit.records import make_record
 
@@ -169,7 +169,7 @@ def test_a_duplicate_key_is_still_found_under_the_chain_lock(
     # The duplicate check travels with the head's SELECT … FOR UPDATE: it must still
     # see what was committed before the lock was granted, and refuse the duplicate
     # without writing anything.
-    from service.audit.store import DuplicateIdempotencyKey
+    from service.audit import DuplicateIdempotencyKey
 
     store = stalling_store
     first = make_record(1, key="same")

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from service.audit.chain import record_hash
-from service.audit.store import (
+from service.audit import (
     DuplicateDecisionId,
     DuplicateIdempotencyKey,
     NewRecord,
     open_store,
 )
+from service.audit.chain import record_hash
 from tests.audit.records import T0, make_record
 
 

@@ -7,8 +7,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
+from service.audit import VerifyResult
 from service.audit.chain import record_hash
-from service.audit.store import VerifyResult
 from tests.audit.records import make_record
 
 

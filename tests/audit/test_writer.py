@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from service.audit.store import (
+from service.audit import (
     DuplicateDecisionId,
     DuplicateIdempotencyKey,
     GroupCommitter,

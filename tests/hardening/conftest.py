@@ -130,7 +130,7 @@ class Live:
 
     def workers(self) -> set[int]:
         """The worker processes, by pid: children gunicorn announced as booted workers
-        (the master may have other children, e.g. an audit commit process). A worker
+        (the master may have other children). A worker
         that died and was replaced shows as a different set."""
         booted = {int(pid) for pid in _BOOTED.findall(self.log())}
         return self.children() & booted

@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 from service import facts as facts_mod
 from service.amounts import compute_amounts
 from service.engine.decide import Decider
-from service.facts import FactsInvalid, FieldError, parse_json, validate_facts
+from service.facts import FactsInvalid, FieldError, validate_facts
 from service.policy.loader import load_ruleset
+from service.strictjson import MAX_DEPTH, parse_json
 from tests.api.servers import ROOT
 
 from .conftest import Figures, Live
@@ -45,7 +46,7 @@ TODAY = datetime.date(2026, 7, 1)
 
 _SEG = r"[A-Za-z0-9_$@-]{1,64}"
 _BRACKET = r'\["(?:[^"\\]|\\.)*"\]'
-PATH = re.compile(rf"^(?:{_SEG}|{_BRACKET})(?:\.{_SEG}|{_BRACKET}|\[[0-9]+\])*$")
+PATH = re.compile(rf"^(?:{_SEG}|{_BRACKET}|\[[0-9]+\])(?:\.{_SEG}|{_BRACKET}|\[[0-9]+\])*$")
 
 
 def counted() -> Counter[str]:
@@ -64,7 +65,7 @@ def _report(figures: Figures) -> Iterator[None]:
                 f"{k} {v}" for k, v in sorted(seen.items())))
 
 
-def expected(data: bytes, max_depth: int = facts_mod.MAX_DEPTH,
+def expected(data: bytes, max_depth: int = MAX_DEPTH,
              today: datetime.date | None = None) -> tuple[str, Any]:
     """What the validator makes of the bytes: ("json", errors), ("facts", errors) or
     ("valid", facts)."""
@@ -101,10 +102,13 @@ def check_errors(exc: FactsInvalid) -> list[str]:
 def check_parse_failure(h: Hostile, exc: FactsInvalid) -> None:
     paths = check_errors(exc)
     dups = [e.path for e in exc.errors if e.message == "duplicate key"]
+    non_finite = [e for e in exc.errors if e.message.endswith("numbers must be finite")]
     if dups:
         if h.dup_path and not truncated(exc.errors):
             assert h.dup_path in dups, (h.dup_path, dups)
-    else:  # malformed JSON, invalid UTF-8, too deep, NaN, too long a number: the document
+    elif non_finite:  # each NaN / Infinity literal: at its own path
+        assert len(non_finite) == len(exc.errors) - truncated(exc.errors), exc.errors
+    else:  # malformed JSON, invalid UTF-8, too deep, too long a number: the document
         assert paths == [""], exc.errors
 
 

@@ -12,7 +12,7 @@ facts (422), malformed JSON (400), a request without a key (401), batches (one
 invalid item of three), reads of decisions, the ruleset, /readyz and /metrics. About
 100 decisions/s are recorded.
 
-Every ~2 s the master, each worker and the audit commit process are sampled: RSS
+Every ~2 s the master and each worker are sampled: RSS
 (VmRSS), open file descriptors, and audit database connections (SQLite: descriptors
 open on the database file, and on its -wal; PostgreSQL: pg_stat_activity rows of the
 service's application name, for the whole server).
@@ -292,8 +292,7 @@ class Sampler:
 
     def processes(self) -> dict[str, int]:
         """Role -> pid: the master, each worker, and the other processes of the server's
-        process group (the audit commit process: detached from the master, not its
-        child)."""
+        process group (any process the server started)."""
         assert self.live.server.proc is not None
         master = self.live.server.proc.pid
         workers = self.live.workers()

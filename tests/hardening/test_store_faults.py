@@ -7,7 +7,7 @@
   without a worker being replaced; everything answered 2xx is in the log exactly once,
   retries of refused requests (same Idempotency-Key) are recorded at most once, and
   the chain verifies.
-- SQLite under contention: 2 workers (and the server's commit process), 16 keep-alive
+- SQLite under contention: 2 workers, 16 keep-alive
   clients posting (a third with an Idempotency-Key) and reading back for 60 s: not one
   5xx or 503, no "database is locked" anywhere, every 2xx recorded once, the chain
   verifies.
@@ -18,9 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -35,7 +33,6 @@ import requests
 from sqlalchemy.engine import make_url
 
 from tests.api.servers import TcpProxy
-from tests.api.test_commit_process_server import commit_processes
 from tests.api.test_durability import audit_verify
 
 from .conftest import Figures, Live, _finish, _start, auth
@@ -348,118 +345,6 @@ def test_postgresql_that_stops_answering_is_refused_in_bounded_time_then_recover
         _stop_behind_proxy(live, proxy)
 
 
-# ------------------------------------------------------------------ two faults at once
-
-def test_the_store_cut_off_and_the_commit_process_killed_together_then_both_back(
-        tmp_path: Path, pg_database: str, figures: Figures) -> None:
-    # The database unreachable (the proxy cut: connections reset, nothing listening)
-    # and, in the same instant, the commit process SIGKILLed: the workers lose the
-    # process they commit through and find the store gone when they try themselves.
-    proxy, live = _behind_proxy(tmp_path, pg_database)
-    load = Load(live.base, prefix=f"pgboth-{uuid.uuid4().hex[:8]}", clients=12, key_every=2)
-    try:
-        with load:
-            load.wait_for_answers(200, 60)
-            [first] = commit_processes(live.server)
-            proxy.cut()
-            os.kill(first, signal.SIGKILL)
-            struck = time.monotonic()
-            time.sleep(3.0)
-            ready_while_down = _readyz(live)
-            restored = time.monotonic()
-            proxy.restore()
-            last_refusal = _await_recovery(load, restored, "the store came back")
-        [second] = commit_processes(live.server)
-        assert second != first  # the supervisor started another
-        outcomes = list(load.outcomes)
-        statuses = Counter(o.status for o in outcomes)
-        assert set(statuses) <= {201, 503}, statuses
-        assert load.unanswered() == [], [o.error for o in load.unanswered()][:5]
-        refusals = [o for o in outcomes if o.status == 503]
-        assert all(_is_refusal(o) for o in refusals)
-        during = [o for o in outcomes if o.started > struck + 0.5 and o.ended < restored]
-        assert during and all(o.status == 503 for o in during), Counter(
-            o.status for o in during)
-        assert ready_while_down == 503
-        assert last_refusal - restored < RECOVERY_LIMIT, last_refusal - restored
-        # A refusal may be recorded only if it was in flight when both faults struck
-        # (committed by the killed process, which could not say so).
-        stored = check_recorded(pg_database, outcomes, load.prefix)
-        recorded_refusals = [o for o in refusals if o.loan_id in stored.loan_ids]
-        assert all(o.started < struck for o in recorded_refusals), recorded_refusals
-        verify = audit_verify(live.config)
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        _finish(live, "postgresql-cut-and-commit-process-killed")
-    finally:
-        _stop_behind_proxy(live, proxy)
-    figures.add(
-        f"postgresql cut off and the commit process SIGKILLed at once (3 s, 12 clients): "
-        f"{len(during)} refused with 503 meanwhile, /readyz 503; a new commit process; "
-        f"the last 503 {last_refusal - restored:+.2f} s from the store's return; "
-        f"{statuses[201]} 201, {len(recorded_refusals)} refused but recorded (in flight "
-        f"at the kill); {verify.stdout.strip()}")
-
-
-# ------------------------------------------------------------------ a frozen commit process
-
-FROZEN_SECONDS = 12.0
-
-
-def test_a_frozen_commit_process_costs_one_wait_per_worker_not_one_per_request(
-        tmp_path: Path, figures: Figures) -> None:
-    # The commit process alive but stuck (SIGSTOP: a debugger, a cgroup freezer, a
-    # machine swapping): a worker waits for its answer `4 x audit.timeout` (8 s here),
-    # then commits its records itself - and keeps doing so for as long, instead of
-    # making every following request wait the same 8 s. Frozen while idle (between
-    # loads), so it holds no lock the workers need.
-    live = _start(tmp_path, audit_timeout=2)
-    wait = 4 * 2
-    try:
-        with Load(live.base, prefix="thaw-before", clients=8) as warm:
-            warm.wait_for_answers(200, 60)
-        [process] = commit_processes(live.server)
-        load = Load(live.base, prefix="frozen", clients=8, key_every=3)
-        os.kill(process, signal.SIGSTOP)
-        try:
-            with load:
-                frozen = time.monotonic()
-                time.sleep(FROZEN_SECONDS)
-                os.kill(process, signal.SIGCONT)
-                thawed = time.monotonic()
-                load.wait_for_answers(len(load.answered()) + 300, 60)
-        finally:
-            os.kill(process, signal.SIGCONT)
-        outcomes = list(load.outcomes)
-        statuses = Counter(o.status for o in outcomes)
-        assert set(statuses) == {201}, (statuses, [o.error for o in load.unanswered()][:5])
-        # The first requests wait the answer timeout (the server's access log says
-        # 8.01 s), some picked up 1-2 s late by a gunicorn worker whose threads are
-        # all waiting (its main loop then wakes once a second).
-        longest = max(o.ended - o.started for o in outcomes)
-        assert longest < wait + 3.0, longest
-        # Once a worker has waited, it stops asking the frozen process: hundreds
-        # answered while it was still frozen, not a few per 8 s per client.
-        while_frozen = [o for o in outcomes if frozen + wait < o.started and o.ended < thawed]
-        assert len(while_frozen) >= 100, len(while_frozen)
-        assert commit_processes(live.server) == [process]  # thawed, not replaced
-        assert "committing in this worker for the next 8 s" in live.log()
-        url = f"sqlite:///{tmp_path}/audit/audit.db"
-        stored = check_recorded(url, outcomes, "frozen")
-        assert sum(n for loan, n in stored.loan_ids.items()
-                   if loan.startswith("frozen-")) == len(outcomes)
-        verify = audit_verify(live.config)
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        _finish(live, "commit-process-frozen")
-    finally:
-        live.server.kill()
-    figures.add(
-        f"commit process frozen (SIGSTOP) for {FROZEN_SECONDS:.0f} s, 8 clients, "
-        f"audit.timeout 2 s: {statuses[201]} decisions, all 201; the longest waited "
-        f"{longest:.2f} s (the answer timeout is {wait} s); {len(while_frozen)} answered "
-        f"by the workers themselves while it was still frozen; each recorded once, "
-        f"{verify.stdout.strip()}")
-
-
 # ------------------------------------------------------------------ PostgreSQL far away
 
 #: Latency the proxy adds to every chunk, each way (a round trip is twice this).
@@ -519,7 +404,7 @@ ANSWERS_TO_DROP = 5
 def test_commits_whose_answer_is_lost_in_the_network_are_found_and_answered_201(
         tmp_path: Path, pg_database: str, figures: Figures) -> None:
     # Through the real server: a proxy delivers the COMMIT, lets PostgreSQL commit,
-    # and cuts the connection as the answer comes back. The commit process's writer,
+    # and cuts the connection as the answer comes back. The worker's writer,
     # still holding the write turn, asks on a fresh connection whether the records
     # are there with the hashes it computed; they are, so the decisions are answered
     # 201 - not 503 for something recorded, nor recorded twice.

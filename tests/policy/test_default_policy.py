@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from service.policy.loader import load_ruleset
-from service.policy.testing import load_cases, run_cases, run_tests
+from service.tooling.testing import load_cases, run_cases, run_tests
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"

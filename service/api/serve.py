@@ -1,4 +1,4 @@
-"""`deficiency serve`, `deficiency audit verify|show`, `deficiency keys new`.
+"""`deficiency serve`: check what would stop every worker, then run the server.
 
 Errors are `CliError` (one line, exit 2), never a traceback. This module imports
 little at the top: `serve` must set up multiprocess metrics before any worker
@@ -14,11 +14,12 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, TextIO
 
-from ..cli import CliError
-from ..config import KEY_NAME, Config, ConfigError, is_loopback_bind, load_config, split_bind
+from ..commands.errors import CliError
+from ..config import Config, ConfigError, is_loopback_bind, load_config, split_bind
+from ..messages import first_and_more
 
 if TYPE_CHECKING:
-    from ..policy.model import Ruleset
+    pass
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -43,7 +44,7 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(
             f"refusing to serve on {bind} without API keys: add keys under auth.keys "
             "(deficiency keys new --scope decide) or bind a loopback address")
-    ruleset = _check_startup(config)
+    _check_startup(config)
     if not config.auth.keys:
         print("deficiency: no API keys configured (auth.keys): the service is OPEN - every "
               f"request has every scope; listening on loopback only ({bind})",
@@ -58,11 +59,10 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
     settings = gunicorn_settings(
         bind=bind, workers=workers, threads=config.server.threads,
         timeout=config.server.timeout, graceful_timeout=config.server.graceful_timeout,
-        keepalive=config.server.keepalive,
-        keepalive_requests=config.server.keepalive_requests)
+        keepalive=config.server.keepalive)
     master = os.getpid()
     try:
-        DeficiencyServer(getattr(args, "config", None), settings, ruleset).run()
+        DeficiencyServer(getattr(args, "config", None), settings).run()
     except SystemExit as exc:
         # Workers are forked inside run() and leave through this same stack with
         # SystemExit: only the master answers for the command and cleans up.
@@ -75,67 +75,19 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _check_startup(config: Config) -> Ruleset:
+def _check_startup(config: Config) -> None:
     """What would make every worker fail to boot is reported here, once, in one line."""
-    from ..audit.engine import normalise_url
-    from ..policy.loader import PolicyError, load_ruleset
+    from ..audit.database import normalise_url
 
     try:
         normalise_url(config.audit.url)
     except ValueError as exc:
         raise CliError(f"configuration: audit.url: {exc}") from None
-    from ..policy.check import check_ruleset
+    from ..tooling.check import check_ruleset
 
-    # The workers accept only a ruleset that passes the full check (errors, engine
+    # The workers accept only a ruleset that passes the full check (load errors, engine
     # limits, gaps, conflicts); say what fails here, once, in one line.
     problems, _summary, _findings = check_ruleset(str(config.rules.dir))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CliError(f"invalid ruleset in {config.rules.dir}: {errors[0]}{more}")
-    try:
-        return load_ruleset(config.rules.dir)
-    except PolicyError as exc:
-        first = exc.problems[0] if exc.problems else exc
-        more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-        raise CliError(f"invalid ruleset in {config.rules.dir}: {first}{more}") from None
-
-
-def _audit_url(args: argparse.Namespace) -> str:
-    if getattr(args, "url", None):
-        return str(args.url)
-    return _config(args).audit.url
-
-
-def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
-    from ..audit.commands import verify_command
-
-    return verify_command(_audit_url(args), out)
-
-
-def audit_show_command(args: argparse.Namespace, out: TextIO) -> int:
-    from ..audit.commands import show_command
-
-    return show_command(_audit_url(args), args.id, out)
-
-
-def keys_new_command(args: argparse.Namespace, out: TextIO) -> int:
-    import datetime
-
-    from .auth import key_sha256, new_key
-
-    scopes = list(dict.fromkeys(args.scope))  # keep order, drop repeats
-    name = args.name or f"key-{datetime.date.today():%Y%m%d}-{os.urandom(2).hex()}"
-    if not KEY_NAME.match(name):
-        raise CliError("--name: must be 1-64 letters, digits, '_', '.', '@' or '-'")
-    key = new_key()
-    out.write(
-        f"{key}\n"
-        "\n"
-        "# The key above is shown once: give it to the client, keep it in a secret store.\n"
-        "# Paste this under auth.keys in config.yaml (only the hash is stored):\n"
-        f"  - name: {name}\n"
-        f"    sha256: {key_sha256(key)}\n"
-        f"    scopes: [{', '.join(scopes)}]\n"
-    )
-    return 0
+        raise CliError(f"invalid ruleset in {config.rules.dir}: {first_and_more(errors)}")

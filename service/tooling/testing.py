@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..engine.reference import leaf_holds, operand
-from .model import COMPARISONS, Ruleset, walk_leaves
-from .yamlsafe import PosDict, PosList, YamlError, load_yaml
+from ..policy.model import COMPARISONS, Ruleset, walk_leaves
+from ..policy.yamlsafe import PosDict, PosList, YamlError, load_yaml
 
 CASE_KEYS = {"name", "base", "facts", "expect", "decided_by", "as_of"}
 
@@ -190,7 +190,7 @@ def run_cases(rs: Ruleset, cases: list[Case], matcher: str = "durable") -> Repor
 
 def run_tests(rules_dir: str, out: TextIO = sys.stdout, min_coverage: float | None = None,
               junit: str | None = None) -> int:
-    from .loader import PolicyError, load_ruleset
+    from ..policy.loader import PolicyError, load_ruleset
 
     try:
         rs = load_ruleset(rules_dir)

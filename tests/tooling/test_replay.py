@@ -26,13 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from service import facts as facts_mod
-from service import replay as replay_mod
-from service.audit.store import AuditStore, NewRecord, open_store
+from service.audit import AuditStore, NewRecord, open_store
 from service.cli import main
 from service.engine.decide import Decider
 from service.policy.loader import load_ruleset
+from service.tooling import replay as replay_mod
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
 FAIR_VALUE_LINE = "fair_value_states: [AZ, CA, FL, NC, NV, NY, TX]"
@@ -352,7 +352,7 @@ def test_filter_by_time(log_url: str, dirs: dict[str, Path]) -> None:
     assert report["money"]["borrower_owes_delta"] == want["owes"]
     # A date is midnight UTC; a timestamp without an offset is UTC.
     report = replay_json(log_url, dirs["no-nv"], "--since", "2026-02-01",
-                         "--until", "2026-02-05T09:00:00")
+                         "--until", "2026-02-05T09:00:00Z")
     assert [c["loan_id"] for c in report["changes"]] == []
     assert report["evaluated"] == len([c for c in CASES if datetime(2026, 2, 1, tzinfo=UTC)
                                        <= c.recorded_at < datetime(2026, 2, 5, 9, tzinfo=UTC)])
@@ -433,6 +433,8 @@ def test_invalid_candidate_exits_2_with_the_first_problem(
 @pytest.mark.parametrize("argv, message", [
     (["--since", "yesterday"], "--since: 'yesterday' is not an ISO date"),
     (["--until", "2026-02-30"], "--until: '2026-02-30' is not an ISO date"),
+    # A time without an offset is refused, as the API refuses it: never read as UTC.
+    (["--until", "2026-02-05T09:00:00"], "--until: '2026-02-05T09:00:00' is not an ISO date"),
     (["--since", "2026-02-01", "--until", "2026-01-01"], "--since must be before --until"),
     (["--jurisdiction", "ZZ"], "--jurisdiction: unknown code 'ZZ'"),
     (["--loan-type", "boat"], "--loan-type: unknown type 'boat'"),

@@ -1,26 +1,53 @@
-"""`deficiency audit verify` and `deficiency audit show ID`.
+"""`deficiency audit verify` and `deficiency audit show ID`, and the audit log's URL and
+store as every command that reads the log opens it.
 
-Each returns the process exit code: 0 fine, 1 the answer is bad news (tampered,
-not found), 2 the question could not be answered (store unreachable, bad URL).
-Answers (OK / TAMPERED / the record) go to `out`, failures as one line to `err`
+verify/show return the process exit code: 0 fine, 1 the answer is bad news
+(tampered, not found), 2 the question could not be answered (store unreachable, bad
+URL). Answers (OK / TAMPERED / the record) go to `out`, failures as one line to `err`
 (default: stderr), never a traceback. Streams default at call time, not import
 time, so redirected or captured sys.stdout/sys.stderr are honoured.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from service.audit.engine import normalise_url
-from service.audit.store import AuditStore, StoreUnavailable, open_store
+from ..audit import AuditStore, StoreUnavailable, open_store
+from ..audit.database import normalise_url
+from ..config import ConfigError, load_config
+from ..messages import one_line
+from .errors import CliError
 
 EXIT_OK = 0
 EXIT_BAD = 1
 EXIT_ERROR = 2
+
+
+def audit_url(args: argparse.Namespace) -> str:
+    """`--url`, else `audit.url` of the configuration (`--config` or the default)."""
+    if getattr(args, "url", None):
+        return str(args.url)
+    try:
+        return load_config(getattr(args, "config", None)).audit.url
+    except ConfigError as exc:
+        raise CliError(f"configuration: {one_line(exc)}") from None
+
+
+def open_existing(url: str) -> AuditStore:
+    """The audit store at `url`; a SQLite file must exist already (opening creates one,
+    and a mistyped path must not read as an empty log). Raises ValueError or
+    StoreUnavailable."""
+    parsed = normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "").expanduser()
+        if not path.is_file():
+            raise ValueError(f"no audit log at {path}")
+    return open_store(url)
 
 
 def verify_command(url: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -57,35 +84,27 @@ def show_command(url: str, decision_id: str, out: TextIO | None = None,
     return _with_store(url, err, run)
 
 
+def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
+    return verify_command(audit_url(args), out)
+
+
+def audit_show_command(args: argparse.Namespace, out: TextIO) -> int:
+    return show_command(audit_url(args), args.id, out)
+
+
 def _with_store(url: str, err: TextIO, run: Callable[[AuditStore], int]) -> int:
     try:
-        _require_existing_sqlite_file(url)
-        store = open_store(url)
+        store = open_existing(url)
     except (ValueError, StoreUnavailable) as exc:
-        print(f"error: {_one_line(exc)}", file=err)
+        print(f"error: {one_line(exc)}", file=err)
         return EXIT_ERROR
     try:
         return run(store)
     except StoreUnavailable as exc:
-        print(f"error: {_one_line(exc)}", file=err)
+        print(f"error: {one_line(exc)}", file=err)
         return EXIT_ERROR
     except Exception as exc:  # an auditor's tool answers in one line, whatever happened
-        print(f"error: {type(exc).__name__}: {_one_line(exc)}", file=err)
+        print(f"error: {type(exc).__name__}: {one_line(exc)}", file=err)
         return EXIT_ERROR
     finally:
         store.close()
-
-
-def _require_existing_sqlite_file(url: str) -> None:
-    # Opening creates the file; verifying a mistyped path must not report an empty,
-    # freshly created log as "OK: 0 records".
-    parsed = normalise_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        path = Path(parsed.database).expanduser()
-        if not path.is_file():
-            raise ValueError(f"no audit log at {path}")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -51,10 +51,10 @@ from typing import Any, Protocol
 
 from ..engine.decide import Decider
 from ..engine.runtime import EngineError
-from ..policy.check import check_ruleset
 from ..policy.loader import PolicyError, Problem, load_ruleset, rule_files, ruleset_digest
 from ..policy.model import Ruleset
 from ..policy.yamlsafe import Pos
+from ..tooling.check import check_ruleset
 from .generation import (
     ACCEPTED,
     MAX_KEPT_PROBLEMS,
@@ -159,26 +159,20 @@ def verdict_problems(verdict: Verdict) -> list[Problem]:
 class ActiveRuleset:
     """The Decider requests use; thread-safe. Raises PolicyError at construction when
     the rules directory is rejected and no ruleset was accepted before (see the module
-    docstring; a custom `loader` falls back to `fallback` instead)."""
+    docstring)."""
 
     def __init__(
         self,
         rules_dir: Path,
         generation: Generation | None = None,
         *,
-        loader: Callable[[Path], Ruleset] = load_ruleset,
         checker: Checker | None = None,
         matcher: str = "durable",
-        fallback: Ruleset | None = None,
         observer: ReloadObserver | None = None,
         watch_interval: float | None = None,
     ) -> None:
         self.rules_dir = Path(rules_dir)
-        self._loader = loader
-        # Digests of the files (verdicts shared by content, the watcher, copies of the
-        # accepted files) need the real loader; a custom one (tests) is its own check.
-        self._by_content = loader is load_ruleset
-        self._checker = checker or (full_check if self._by_content else None)
+        self._checker = checker or full_check
         self._matcher = matcher
         self._generation: Generation = generation or LocalGeneration()
         self._observer = observer
@@ -193,9 +187,9 @@ class ActiveRuleset:
         self._closed = False
         self._stop = threading.Event()
         with self._reload_lock:
-            self._boot(fallback)
+            self._boot()
         self._watcher: threading.Thread | None = None
-        if watch_interval and self._by_content:
+        if watch_interval:
             self._watcher = threading.Thread(
                 target=self._watch, args=(watch_interval,), daemon=True,
                 name=f"ruleset-watcher:{self.rules_dir}")
@@ -258,7 +252,7 @@ class ActiveRuleset:
         if free:
             slot.decider.close()
 
-    def _boot(self, fallback: Ruleset | None) -> None:
+    def _boot(self) -> None:
         try:
             self._examine(TRIGGER_BOOT)
             return
@@ -266,8 +260,6 @@ class ActiveRuleset:
             rejected = exc
         target = self._generation.current()
         ruleset = self._generation.accepted_ruleset()
-        if ruleset is None and not self._by_content:
-            ruleset = fallback
         if ruleset is None:
             log.error("rules directory %s rejected and no ruleset accepted before: %s",
                       self.rules_dir, rejected.verdict.reason)
@@ -293,7 +285,7 @@ class ActiveRuleset:
 
     def _examine_once(self, trigger: str) -> ReloadResult:
         previous = self.info if self._slot is not None else None
-        digest = self._digest() if self._by_content else None
+        digest = self._digest()
         generation = self._generation
         with generation.exclusive():
             state = generation.state()
@@ -367,7 +359,7 @@ class ActiveRuleset:
             known = self._rulesets.get(digest)
             if known is not None:
                 return known
-            if self._checker is not None and digest not in _checked:
+            if digest not in _checked:
                 try:
                     problems, checked = self._checker(self.rules_dir)
                 except OSError as exc:  # a file went away between listing and reading
@@ -383,7 +375,7 @@ class ActiveRuleset:
                     log.warning("ruleset check: %s", p)
                 _checked.add(digest)
         try:
-            ruleset = self._loader(self.rules_dir)
+            ruleset = load_ruleset(self.rules_dir)
         except (PolicyError, OSError) as exc:
             if digest is not None and self._digest() != digest:
                 raise ContentChanged(str(self.rules_dir)) from None
@@ -413,7 +405,7 @@ class ActiveRuleset:
         return RulesetRejected(ordered, verdict)
 
     def _publish(self, verdict: Verdict, ruleset: Ruleset | None = None) -> None:
-        self._generation.publish(verdict, ruleset, self.rules_dir if self._by_content else None)
+        self._generation.publish(verdict, ruleset, self.rules_dir)
         self._set_status(verdict)
 
     def _load(self, digest: str) -> Ruleset:
@@ -422,7 +414,7 @@ class ActiveRuleset:
         if known is not None:
             return known
         try:
-            ruleset = self._loader(self.rules_dir)
+            ruleset = load_ruleset(self.rules_dir)
         except (PolicyError, OSError):
             raise ContentChanged(str(self.rules_dir)) from None
         if ruleset.sha256 != digest:
@@ -472,7 +464,7 @@ class ActiveRuleset:
         known = self._rulesets.get(digest)
         if known is not None:
             return known
-        if self._by_content and self._digest() == digest:
+        if self._digest() == digest:
             try:
                 return self._load(digest)
             except ContentChanged:

@@ -19,9 +19,9 @@ import pytest
 
 from service import facts as facts_mod
 from service.engine.decide import Decider
-from service.policy.check import run_check
 from service.policy.loader import load_ruleset
 from service.policy.schema import NO_RULE_DECIDED
+from service.tooling.check import run_check
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"

@@ -2,7 +2,7 @@
 
 Loading validates syntax, keys, types, enums, paths, expressions, constants and
 stage order; compiling for the engine checks its limits (ENGINE-NOTES). Then the
-static analysis (`analysis.py`) looks for gaps (no rule decides the bearer),
+static analysis (`analysis/`) looks for gaps (no rule decides the bearer),
 equal-priority conflicts (errors) and shadowed or unreachable rules (warnings),
 each gap and conflict with a concrete fact set confirmed by the reference
 evaluator. Exit 0 when there is no error (warnings allowed), 1 otherwise;
@@ -15,8 +15,8 @@ import json
 import sys
 from typing import TextIO
 
-from .loader import PolicyError, Problem, load_ruleset
-from .yamlsafe import Pos
+from ..policy.loader import PolicyError, Problem, load_ruleset
+from ..policy.yamlsafe import Pos
 
 
 def check_ruleset(directory: str, *, analyse: bool = True,

@@ -9,17 +9,14 @@ back (pre-ping on PostgreSQL; SQLite reopens the file).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from ..audit import AuditStore, GroupCommitter, NewRecord, StoreUnavailable, open_store
-from ..audit.commit_process import CommitAnswerLost, CommitClient, CommitProcessUnreachable
-from ..audit.store import DuplicateDecisionId, DuplicateIdempotencyKey, PreparedRecord, prepare
+from ..audit.records import PreparedRecord, prepare
 
 log = logging.getLogger("deficiency.api")
 
@@ -62,12 +59,8 @@ class AuditLink:
         *,
         opener: Callable[[str], AuditStore] = open_store,
         retry_interval: float = 1.0,
-        waiting: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
-        """`waiting()` surrounds every call that waits on the database or the commit
-        process (the server lets the request's turn go there: `Turns.let_go`)."""
         self._url = url
-        self._waiting = waiting
         self._opener = opener
         self._retry_interval = retry_interval
         self._lock = threading.Lock()
@@ -76,9 +69,6 @@ class AuditLink:
         self._last_attempt = -float("inf")
         self._last_error = "audit store not opened yet"
         self._closed = False
-        self._remote: CommitClient | None = None
-        self._remote_retry_at = 0.0
-        self._remote_lost = False  # said so in the log; said again once it answers
         self._report_failure = _FailureReport(FAILURE_REPORT_INTERVAL)
         self._write_failure: tuple[float, str] | None = None  # (when, why), since a success
         try:
@@ -114,28 +104,18 @@ class AuditLink:
         """The open store; raises StoreUnavailable."""
         return self._open()[0]
 
-    # Reads for the API, each waiting on the database as `waiting()` says.
-
     def find_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
-        with self._waiting():
-            return self.store().find_by_idempotency_key(key)
+        return self.store().find_by_idempotency_key(key)
 
     def get(self, decision_id: str) -> dict[str, Any] | None:
-        with self._waiting():
-            return self.store().get(decision_id)
+        return self.store().get(decision_id)
 
     def query(self, **params: Any) -> tuple[list[dict[str, Any]], str | None]:
-        with self._waiting():
-            return self.store().query(**params)
+        return self.store().query(**params)
 
     @property
     def backend(self) -> str | None:
         return self._store.backend if self._store is not None else None
-
-    def use_commit_process(self, client: CommitClient) -> None:
-        """Commit through the server's commit process (see `service.audit.commit_process`)
-        from now on; while it cannot be reached, commit through this link's own store."""
-        self._remote = client
 
     def submit(self, record: NewRecord) -> None:
         """Commit one record (grouped with concurrent ones); raises StoreUnavailable,
@@ -168,65 +148,12 @@ class AuditLink:
 
     def _commit_once(self, records: list[PreparedRecord]) -> list[Exception | None]:
         try:
-            outcomes = self._commit_remotely(records)
-        except CommitAnswerLost as exc:
-            # Sent, but the answer never came: commit here. A record the commit process
-            # did commit is refused as a duplicate of itself — then it is in the log,
-            # exactly once either way (the decision id is unique).
-            if exc.timed_out and self._remote is not None:
-                # Alive but stuck (frozen, or waiting on a stalled disk): the next
-                # requests would each wait as long. Commit here for that long instead.
-                self._remote_retry_at = time.monotonic() + self._remote.timeout
-                log.warning("%s; committing in this worker for the next %g s", exc,
-                            self._remote.timeout)
-            else:
-                log.warning("%s; committing in this worker instead", exc)
-            outcomes = [self._already_committed(record, error) for record, error
-                        in zip(records, self._commit_locally(records), strict=True)]
-        if outcomes is None:
-            outcomes = self._commit_locally(records)
+            outcomes = self._open()[1].commit_prepared(records)
+        except RuntimeError as exc:  # committer closed (shutting down)
+            raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
         # The writer failing unexpectedly is, to the caller, the store being unavailable.
         return [StoreUnavailable(f"audit store unavailable: {e}") if isinstance(e, RuntimeError)
                 else e for e in outcomes]
-
-    def _commit_locally(self, records: list[PreparedRecord]) -> list[Exception | None]:
-        try:
-            with self._waiting():
-                return self._open()[1].commit_prepared(records)
-        except RuntimeError as exc:  # committer closed (shutting down)
-            raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
-
-    @staticmethod
-    def _already_committed(record: PreparedRecord,
-                           error: Exception | None) -> Exception | None:
-        if isinstance(error, DuplicateDecisionId | DuplicateIdempotencyKey) \
-                and error.decision_id == record.decision_id:
-            return None
-        return error
-
-    def _commit_remotely(self, records: list[PreparedRecord]) -> list[Exception | None] | None:
-        """The commit process's verdicts, or None when it cannot be reached (then commit
-        locally; it is tried again a second later)."""
-        remote = self._remote
-        if remote is None or self._closed:
-            return None
-        now = time.monotonic()
-        if now < self._remote_retry_at:
-            return None
-        try:
-            with self._waiting():
-                outcomes = remote.submit_many(records)
-        except CommitProcessUnreachable as exc:
-            if not self._remote_lost:
-                self._remote_lost = True
-                log.warning("audit commit process unreachable (%s); committing in this "
-                            "worker until it is back", exc)
-            self._remote_retry_at = now + self._retry_interval
-            return None
-        if self._remote_lost:
-            self._remote_lost = False
-            log.info("audit commit process reachable again; committing through it")
-        return outcomes
 
     def append_each(self, records: Sequence[NewRecord]) -> list[Exception | None]:
         """Commit records in one transaction of their own; one entry per record."""
@@ -235,11 +162,10 @@ class AuditLink:
     def unavailable_reason(self) -> str | None:
         """None when the store answers and the last commit (if one failed within
         WRITE_FAILURE_MEMORY seconds) did not fail; else why not."""
-        with self._waiting():
-            try:
-                answers = self.store().ping()
-            except StoreUnavailable as exc:
-                return str(exc)
+        try:
+            answers = self.store().ping()
+        except StoreUnavailable as exc:
+            return str(exc)
         if not answers:
             return "audit store unavailable: the database does not answer"
         failure = self._write_failure
@@ -252,8 +178,6 @@ class AuditLink:
             self._closed = True
             committer, store = self._committer, self._store
             self._committer = self._store = None
-        if self._remote is not None:
-            self._remote.close()
         if committer is not None:
             committer.close()
         if store is not None:

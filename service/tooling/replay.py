@@ -1,4 +1,4 @@
-"""`deficiency replay --candidate RULES`: what a ruleset change would do to past decisions.
+"""Replay: what a ruleset change would do to past decisions.
 
 The facts of every recorded decision (optionally narrowed by time, jurisdiction,
 loan type and the ruleset version that decided them) are decided again with
@@ -18,7 +18,7 @@ ruleset itself, so no durable-rules state is ever forked); at most two chunks pe
 worker are in flight, so memory stays bounded however long the log. Results are
 merged in submission order, so the report does not depend on the worker count.
 
-JSON report (`--format json`), schema ``deficiency.replay/1``::
+JSON report (`report_json`), schema ``deficiency.replay/1``::
 
     {
       "schema": "deficiency.replay/1",
@@ -50,19 +50,13 @@ JSON report (`--format json`), schema ``deficiency.replay/1``::
 
 Money is a string with two decimals (`"-1250.00"`), timestamps are the log's
 (`2026-01-31T12:00:00.000000Z`). `since` is inclusive, `until` exclusive, on the
-time each decision was recorded; a date means midnight UTC.
-
-Exit codes: 0 the report is complete; 1 the report is printed but some records
-could not be decided again (listed under failures); 2 the question could not be
-asked (bad option, invalid candidate ruleset, audit log unreachable).
+time each decision was recorded.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import multiprocessing
-import re
 import signal
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -71,11 +65,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from ..amounts import money_str
+from ..messages import one_line
 
 SCHEMA = "deficiency.replay/1"
 CHUNK_SIZE = 500
-EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
 #: (report name, section of the decision, key): what a change is made of.
 COMPARED: tuple[tuple[str, str, str], ...] = (
@@ -206,7 +202,7 @@ def work_item(record: dict[str, Any]) -> WorkItem:
 
 def decide_items(decider: Any, items: Iterable[WorkItem]) -> Tally:
     """Decide each item's facts again with `decider` and tally against the old outcome."""
-    from .facts import FactsInvalid, FieldError, validate_facts
+    from ..facts import FactsInvalid, FieldError, validate_facts
 
     tally = Tally()
     for decision_id, loan_id, recorded_at, version, stored, as_of, old, old_rule in items:
@@ -225,7 +221,7 @@ def decide_items(decider: Any, items: Iterable[WorkItem]) -> Tally:
             continue
         except Exception as exc:  # one bad record must not end a 100,000-record replay
             tally.failures.append({"decision_id": decision_id, "loan_id": loan_id,
-                                   "error": f"{type(exc).__name__}: {_one_line(exc)}"})
+                                   "error": f"{type(exc).__name__}: {one_line(exc)}"})
             continue
         tally.evaluated += 1
         place = tally.by_jurisdiction.get(jurisdiction)
@@ -320,7 +316,7 @@ def _chunks(records: Iterable[dict[str, Any]], filters: Filters, size: int,
 
 def load_candidate(directory: str | Path) -> Any:
     """The candidate ruleset; raises PolicyError (with .problems) when it is invalid."""
-    from .policy.loader import load_ruleset
+    from ..policy.loader import load_ruleset
 
     return load_ruleset(Path(directory))
 
@@ -340,7 +336,7 @@ def replay(
     than one worker each worker process loads it again and must find the same
     sha256. Raises PolicyError, EngineError, ReplayError, StoreUnavailable.
     """
-    from .engine.decide import Decider
+    from ..engine.decide import Decider
 
     filters = filters or Filters()
     directory = Path(candidate).resolve()
@@ -375,7 +371,7 @@ def _in_workers(chunks: Iterator[list[WorkItem]], directory: Path, sha256: str,
         while pending:
             tally.merge(pending.popleft().result())
     except BrokenProcessPool as exc:
-        raise ReplayError(f"a replay worker process died: {_one_line(exc)}") from None
+        raise ReplayError(f"a replay worker process died: {one_line(exc)}") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -400,8 +396,8 @@ def _decide_chunk(items: Sequence[WorkItem]) -> Tally:
 
 def _worker_load() -> Any:
     """The worker's own Decider (exceptions cross back to the parent as ReplayError)."""
-    from .engine.decide import Decider
-    from .policy.loader import PolicyError
+    from ..engine.decide import Decider
+    from ..policy.loader import PolicyError
 
     assert _worker_candidate is not None
     directory, sha256 = _worker_candidate
@@ -416,7 +412,7 @@ def _worker_load() -> Any:
     try:
         return Decider(rs)
     except Exception as exc:
-        raise ReplayError(f"worker cannot load the candidate: {_one_line(exc)}") from None
+        raise ReplayError(f"worker cannot load the candidate: {one_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- reporting
@@ -430,10 +426,6 @@ class ReplayReport:
     filters: Filters
     tally: Tally
     seconds: float = 0.0
-
-
-def _money_str(value: Decimal) -> str:
-    return format(value.quantize(Decimal("0.01")), "f")
 
 
 def report_json(report: ReplayReport) -> dict[str, Any]:
@@ -452,12 +444,12 @@ def report_json(report: ReplayReport) -> dict[str, Any]:
         "transitions": [{"from": old, "to": new, "count": count}
                         for (old, new), count in _sorted_transitions(t.transitions)],
         "money": {
-            "borrower_owes_delta": _money_str(t.borrower_owes_delta),
-            "lender_absorbs_delta": _money_str(t.lender_absorbs_delta),
+            "borrower_owes_delta": money_str(t.borrower_owes_delta),
+            "lender_absorbs_delta": money_str(t.lender_absorbs_delta),
             "by_jurisdiction": [
                 {"jurisdiction": code, "evaluated": j.evaluated, "changed": j.changed,
-                 "borrower_owes_delta": _money_str(j.borrower_owes_delta),
-                 "lender_absorbs_delta": _money_str(j.lender_absorbs_delta)}
+                 "borrower_owes_delta": money_str(j.borrower_owes_delta),
+                 "lender_absorbs_delta": money_str(j.lender_absorbs_delta)}
                 for code, j in sorted(t.by_jurisdiction.items())
             ],
         },
@@ -541,145 +533,3 @@ def render_text(report: ReplayReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- command line
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
-
-
-def parse_time(option: str, text: str) -> datetime.datetime:
-    """An ISO date (midnight UTC) or timestamp (UTC when it has no offset)."""
-    from .cli import CliError
-
-    value = text.strip()
-    try:
-        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
-            day = datetime.date.fromisoformat(value)
-            return datetime.datetime.combine(day, datetime.time(), datetime.UTC)
-        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]+([Zz]|[+-][0-9:]+)?",
-                            value):
-            raise ValueError
-        moment = datetime.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError:
-        raise CliError(f"{option}: {text!r} is not an ISO date (YYYY-MM-DD) or timestamp "
-                       "(YYYY-MM-DDTHH:MM[:SS][Z|+HH:MM])") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.astimezone(datetime.UTC)
-
-
-def filters_from_args(args: argparse.Namespace) -> Filters:
-    from .cli import CliError
-    from .facts import FACT_ENUMS, JURISDICTIONS
-
-    since = parse_time("--since", args.since) if args.since else None
-    until = parse_time("--until", args.until) if args.until else None
-    if since is not None and until is not None and since >= until:
-        raise CliError("--since must be before --until (--until is exclusive)")
-    codes = frozenset(c.strip().upper() for c in args.jurisdiction or ())
-    for code in sorted(codes):
-        if code not in JURISDICTIONS:
-            raise CliError(f"--jurisdiction: unknown code {code!r} "
-                           "(two letters: a US state, DC, PR, GU or VI)")
-    types = frozenset(t.strip() for t in args.loan_type or ())
-    for kind in sorted(types):
-        if kind not in FACT_ENUMS["loan.type"]:
-            raise CliError(f"--loan-type: unknown type {kind!r} "
-                           f"(one of {', '.join(FACT_ENUMS['loan.type'])})")
-    version = args.ruleset_version
-    if version is not None and not version.strip():
-        raise CliError("--ruleset-version: must not be empty")
-    return Filters(since, until, codes, types, version)
-
-
-def _audit_url(args: argparse.Namespace) -> str:
-    from .cli import CliError
-
-    if args.url:
-        return str(args.url)
-    from .config import ConfigError, load_config
-
-    try:
-        return load_config(args.config).audit.url
-    except ConfigError as exc:
-        raise CliError(f"configuration: {_one_line(exc)}") from None
-
-
-def _shown_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable URL>"
-
-
-def _open_existing(url: str) -> Any:
-    """The audit store; a SQLite file must exist (opening would create an empty one)."""
-    from .audit.engine import normalise_url
-    from .audit.store import StoreUnavailable, open_store
-    from .cli import CliError
-
-    try:
-        parsed = normalise_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            path = Path(parsed.database or "").expanduser()
-            if not path.is_file():
-                raise CliError(f"audit store: no audit log at {path}")
-        return open_store(url)
-    except (ValueError, StoreUnavailable) as exc:
-        raise CliError(f"audit store: {_one_line(exc)}") from None
-
-
-def _default_workers() -> int:
-    from .config import cpu_count
-
-    return cpu_count()
-
-
-def replay_command(args: argparse.Namespace, out: TextIO) -> int:
-    import json
-    import time
-
-    from .audit.store import StoreUnavailable
-    from .cli import CliError
-    from .engine.runtime import EngineError
-    from .policy.loader import PolicyError
-
-    workers = args.workers if args.workers is not None else _default_workers()
-    if not 1 <= workers <= 256:
-        raise CliError("--workers: must be from 1 to 256")
-    filters = filters_from_args(args)
-    directory = Path(args.candidate)
-    try:
-        rs = load_candidate(directory)
-    except PolicyError as exc:
-        first = exc.problems[0] if exc.problems else exc
-        more = (f" (and {len(exc.problems) - 1} more; run `deficiency check {directory}`)"
-                if len(exc.problems) > 1 else "")
-        raise CliError(f"invalid candidate ruleset: {_one_line(first)}{more}") from None
-    url = _audit_url(args)
-    store = _open_existing(url)
-    started = time.perf_counter()
-    try:
-        tally = replay(store, directory, filters=filters, workers=workers, ruleset=rs)
-    except EngineError as exc:
-        raise CliError(f"candidate ruleset exceeds an engine limit: {_one_line(exc)}") from None
-    except StoreUnavailable as exc:
-        raise CliError(f"audit store: {_one_line(exc)}") from None
-    except ReplayError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        store.close()
-    report = ReplayReport(
-        candidate_dir=str(directory),
-        candidate={"name": rs.name, "version": rs.version, "sha256": rs.sha256},
-        store=_shown_url(url), filters=filters, tally=tally,
-        seconds=time.perf_counter() - started)
-    if args.format == "json":
-        out.write(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n")
-    else:
-        out.write(render_text(report))
-    return EXIT_FAILURES if tally.failures else EXIT_OK
