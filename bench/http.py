@@ -2,14 +2,15 @@
 
     .venv/bin/python bench/http.py [--stacks baseline,current] [--baseline REV]
         [--only sqlite,postgresql,batch] [--seconds 10] [--warmup 2] [--connections 16]
-        [--workers 2] [--threads M] [--server serve|granian] [--baseline-workers 2]
+        [--workers 2] [--threads M] [--baseline-workers 2]
         [--pg-url URL] [--engine-sample 5000] [--engine-repeat 3] [--start-timeout 60]
 
 Stacks: `baseline` is the service at REV (default fc64932, the commit before issue 13),
 run from a git worktree in /tmp (added when missing) as `deficiency serve` with 2
-workers and its default threads; `current` is this working tree, run as `deficiency
-serve` or, with `--server granian`, by granian's WSGI interface on `bench/wsgi_app.py`,
-in the shape `--workers`/`--threads` give. Both use this interpreter and venv.
+workers and its default threads (it runs on gunicorn 27, which this venv must have:
+`.venv/bin/pip install 'gunicorn>=27,<28'`); `current` is this working tree, run as
+`deficiency serve` in the shape `--workers`/`--threads` give. Both use this
+interpreter and venv.
 
 Scenarios, each on a freshly started server with a fresh audit log:
 - `sqlite`:     POST /v1/decisions, audit log in a SQLite file;
@@ -223,14 +224,13 @@ class Stack:
     name: str  # baseline | current
     root: Path  # the source tree run (PYTHONPATH and working directory)
     revision: str
-    runner: str  # serve | granian
     workers: int
     threads: int | None  # None: the stack's default
 
     @property
     def shape(self) -> str:
         threads = "its default threads" if self.threads is None else f"{self.threads} threads"
-        return f"{self.runner}, {self.workers} workers x {threads}"
+        return f"serve, {self.workers} workers x {threads}"
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
@@ -273,27 +273,20 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join("    | " + line for line in text[-lines:]) or "    | (empty log)"
 
 
-def _server_env(stack: Stack, config: Path, metrics_dir: Path) -> dict[str, str]:
+def _server_env(stack: Stack, config: Path) -> dict[str, str]:
     # No DEFICIENCY_* from the caller's environment: the written config is the whole story.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEFICIENCY_")}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(stack.root), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["DEFICIENCY_CONFIG"] = str(config)
-    if stack.runner == "granian":  # `deficiency serve` sets its own
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
 
 
-def _server_command(stack: Stack, config: Path, port: int) -> list[str]:
-    if stack.runner == "serve":
-        return [PYTHON, "-m", "service.cli", "serve", "--config", str(config)]
-    if importlib.util.find_spec("granian") is None:
-        raise Failed("granian is not installed (.venv/bin/pip install granian)")
-    command = [PYTHON, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(stack.workers)]
-    if stack.threads is not None:
-        command += ["--blocking-threads", str(stack.threads)]
-    return [*command, "bench.wsgi_app:app"]
+def _server_command(stack: Stack, config: Path) -> list[str]:
+    if stack.name == "baseline" and importlib.util.find_spec("gunicorn") is None:
+        raise Failed("the baseline stack runs on gunicorn: .venv/bin/pip install "
+                     "'gunicorn>=27,<28'")
+    return [PYTHON, "-m", "service.cli", "serve", "--config", str(config)]
 
 
 @contextlib.contextmanager
@@ -308,13 +301,11 @@ def server(stack: Stack, audit_url: str, workdir: Path,
         f"server:\n  bind: 127.0.0.1:{port}\n  workers: {stack.workers}\n{threads}"
         f"rules:\n  dir: {stack.root / 'rules'}\n"
         f"audit:\n  url: {audit_url}\n")
-    metrics_dir = workdir / f"metrics-{port}"
-    metrics_dir.mkdir()
     log_path = workdir / f"server-{port}.log"
-    command = _server_command(stack, config, port)
+    command = _server_command(stack, config)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, cwd=stack.root,
-                                env=_server_env(stack, config, metrics_dir),
+                                env=_server_env(stack, config),
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
@@ -578,8 +569,6 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="current stack's worker processes")
     p.add_argument("--threads", type=int, default=None,
                    help="current stack's threads per worker (default: the server's own)")
-    p.add_argument("--server", choices=("serve", "granian"), default="serve",
-                   help="current stack's runner: `deficiency serve` or granian (WSGI)")
     p.add_argument("--baseline-workers", type=int, default=2)
     p.add_argument("--pg-url", default=os.environ.get(
         "DEFICIENCY_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test"))
@@ -604,10 +593,10 @@ def main() -> int:
                 root, short = baseline_tree(args.baseline)
             except Failed as exc:
                 raise SystemExit(f"baseline: {exc}") from None
-            stacks.append(Stack("baseline", root, short, "serve", args.baseline_workers, None))
+            stacks.append(Stack("baseline", root, short, args.baseline_workers, None))
         else:
-            stacks.append(Stack("current", ROOT, current_revision(), args.server,
-                                args.workers, args.threads))
+            stacks.append(Stack("current", ROOT, current_revision(), args.workers,
+                                args.threads))
 
     engine: dict[str, tuple[float, str]] = {}
     for s in stacks:

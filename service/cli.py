@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(run=_delegate("service.commands.replay", "replay_command"))
 
-    s = sub.add_parser("serve", help="run the HTTP service (gunicorn)")
+    s = sub.add_parser("serve", help="run the HTTP service (granian)")
     s.add_argument("--config", metavar="FILE")
     s.add_argument("--bind", metavar="HOST:PORT")
     s.add_argument("--workers", type=int)

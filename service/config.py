@@ -53,7 +53,6 @@ class ServerConfig:
     bind: str = "127.0.0.1:8080"
     workers: int = 1
     threads: int = 8
-    timeout: int = 30
     graceful_timeout: int = 30
     keepalive: int = 5
     access_log: bool = True
@@ -241,7 +240,6 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "bind": _bind,
         "workers": _workers,
         "threads": _int(1, 256),
-        "timeout": _int(1, 3600),
         "graceful_timeout": _int(1, 3600),
         "keepalive": _int(0, 3600),
         "access_log": _bool,

@@ -1,7 +1,7 @@
 """The HTTP API: a Flask application factory and the commands that serve it.
 
 `create_app` is imported lazily: `deficiency serve` imports this package in the
-gunicorn master, which must not import prometheus_client before it has set up
+server's master, which must not import prometheus_client before it has set up
 multiprocess metrics for the workers.
 """
 

@@ -3,7 +3,7 @@
 Everything a request needs — the active ruleset, the audit log link, the
 keyring, the metrics registry, the access log — is built here and kept on the
 app (`app.extensions["deficiency"]`), never in module globals, so tests build
-as many independent apps as they like and each gunicorn worker builds its own
+as many independent apps as they like and each server worker builds its own
 (durable-rules state must not cross a fork).
 """
 

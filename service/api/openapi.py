@@ -514,26 +514,18 @@ def _components(config: Config) -> dict[str, Any]:
             "BadRequest": {
                 "description": "Malformed JSON or an invalid parameter (problem+json); or a "
                                "malformed HTTP request (request line, header field, "
-                               "Content-Length), refused by the HTTP server with its own "
-                               "page before it is routed.",
+                               "Content-Length, Transfer-Encoding), refused by the HTTP "
+                               "server before it is routed: then with an empty body.",
                 "content": {"application/problem+json": {
-                    "schema": {"$ref": "#/components/schemas/Problem"}}, **_SERVER_PAGE}},
-        } | {
-            name: {"description": text + " Answered by the HTTP server (gunicorn) with its "
-                                         "own page, before the request is routed.",
-                   "content": _SERVER_PAGE}
-            for name, text in (
-                ("MalformedRequest", "A malformed HTTP request (request line, header "
-                                     "field, Content-Length)."),
-                ("UriTooLong", "The request line is over the HTTP server's limit "
-                               "(4094 bytes)."),
-                ("HeadersTooLarge", "Over the HTTP server's header limits (100 fields, "
-                                    "8190 bytes each)."),
-                ("ExpectationFailed", "An Expect header other than 100-continue."),
-                ("TransferCodingNotImplemented", "A Transfer-Encoding the HTTP server does "
-                                                 "not implement (other than chunked, "
-                                                 "identity, gzip, deflate, compress)."),
-            )
+                    "schema": {"$ref": "#/components/schemas/Problem"}}}},
+            "MalformedRequest": {
+                "description": "A malformed HTTP request (request line, header field, "
+                               "Content-Length, Transfer-Encoding), refused by the HTTP "
+                               "server before it is routed: an empty body."},
+            "HeadersTooLarge": {
+                "description": "More than 100 header fields, or a request head over the "
+                               "HTTP server's buffer: refused before it is routed, with an "
+                               "empty body."},
         } | {
             name: {"description": text, "content": {"application/problem+json": {
                 "schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -574,23 +566,15 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
 
 
-#: What the HTTP server answers for a request it refuses before the app sees it.
-_SERVER_PAGE: dict[str, Any] = {"text/html": {"schema": {"type": "string"}}}
-
-
 def _http_refusals(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation can be refused by the HTTP server before it is routed, with the
-    server's own page (docs/reliability.md): a malformed request (400), a request line or
-    header fields over its limits (414, 431), an Expect header it cannot meet (417), a
-    transfer coding it does not implement (501)."""
+    """Every operation can be refused by the HTTP server (granian) before it is routed,
+    with an empty body (docs/reliability.md): a malformed request (400), too many or too
+    large header fields (431)."""
     for item in paths.values():
         for op in item.values():
             responses = op["responses"]
             responses.setdefault("400", {"$ref": "#/components/responses/MalformedRequest"})
-            responses["414"] = {"$ref": "#/components/responses/UriTooLong"}
             responses["431"] = {"$ref": "#/components/responses/HeadersTooLarge"}
-            responses["417"] = {"$ref": "#/components/responses/ExpectationFailed"}
-            responses["501"] = {"$ref": "#/components/responses/TransferCodingNotImplemented"}
     return paths
 
 
@@ -608,7 +592,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
             "description": "Decides who bears a secured loan's deficiency balance and keeps "
                            "every decision in a durable, tamper-evident audit log. Errors are "
                            "application/problem+json (RFC 9457), except requests the HTTP "
-                           "server refuses before they are routed (its own text/html page).",
+                           "server refuses before they are routed (400, 431: no body).",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "security": _AUTH,

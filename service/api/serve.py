@@ -54,23 +54,16 @@ def serve_command(args: argparse.Namespace, out: TextIO) -> int:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         own_metrics_dir = tempfile.mkdtemp(prefix="deficiency-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
-    from .server import DeficiencyServer, gunicorn_settings
+    from .server import serve
 
-    settings = gunicorn_settings(
-        bind=bind, workers=workers, threads=config.server.threads,
-        timeout=config.server.timeout, graceful_timeout=config.server.graceful_timeout,
-        keepalive=config.server.keepalive)
-    master = os.getpid()
     try:
-        DeficiencyServer(getattr(args, "config", None), settings).run()
-    except SystemExit as exc:
-        # Workers are forked inside run() and leave through this same stack with
-        # SystemExit: only the master answers for the command and cleans up.
-        if os.getpid() != master:
-            raise
+        serve(getattr(args, "config", None), bind=bind, workers=workers,
+              threads=config.server.threads, graceful_timeout=config.server.graceful_timeout,
+              keepalive=config.server.keepalive)
+    except SystemExit as exc:  # granian stops with a code (e.g. a worker crash loop)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
-        if own_metrics_dir is not None and os.getpid() == master:
+        if own_metrics_dir is not None:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
     return 0
 

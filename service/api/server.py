@@ -1,34 +1,47 @@
-"""`deficiency serve`: gunicorn as it comes (its gthread worker), run from Python.
+"""`deficiency serve`: granian (an HTTP server written in Rust) with its WSGI interface,
+as it comes, run from Python.
 
-- `preload_app` is off: each worker process builds its own app, engine and audit
-  connections after the fork (durable-rules state must never be forked).
-- Threads per worker let the audit log's group committer put the records of
-  concurrent requests into one transaction; each worker commits its own records,
-  and the database orders the chain (see `service.audit.store`).
-- SIGTERM stops gracefully: workers finish their in-flight requests (up to
-  `server.graceful_timeout`), then commit what is queued and close the store.
-- A ruleset reload in one worker is followed by the others through the shared
-  generation, created here in the master before the workers are forked.
-- Prometheus metrics are aggregated over the workers (multiprocess mode).
-- Requests gunicorn refuses before the app sees them (malformed request line or
-  headers, limits) get gunicorn's own answer (docs/reliability.md lists them); its
-  log line about them keeps the client's address, not what the client sent.
+- Workers are processes forked by granian's master; each builds its own app, engine
+  and audit connections (`worker_app`). The master builds no engine state, and
+  durable-rules state never crosses a fork.
+- `server.threads` are granian's blocking threads per worker: they let the audit log's
+  group committer put the records of concurrent requests into one transaction. Each
+  worker commits its own records; the database orders the chain
+  (`service.audit.store`).
+- SIGTERM or SIGINT stops gracefully: workers stop accepting and finish their
+  in-flight requests, killed after `server.graceful_timeout`.
+- SIGHUP: granian starts new workers and stops the old ones, one at a time; each new
+  worker examines the rules directory against the generation the workers share
+  (created here, in the master, before the workers are forked).
+- A worker that dies is replaced; a worker that dies again within seconds of being
+  replaced stops the server (granian's crash-loop rule), for the supervisor to see.
+- Prometheus metrics are aggregated over the workers (multiprocess mode); a starting
+  worker drops the live gauges of workers that are gone.
+- Requests granian refuses before the app sees them (malformed request line or
+  headers, limits) get granian's own answer; docs/reliability.md lists them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-from gunicorn.glogging import Logger
+from granian.constants import Interfaces
+from granian.http import HTTP1Settings
+from granian.server import Server
 
+from ..config import split_bind
 from ..logjson import JsonLogFormatter
 from ..serving.generation import SharedGeneration
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: What a worker needs from the master: set before granian forks the workers.
+_worker_args: tuple[str | None, SharedGeneration] | None = None
 
 
 def _configure_worker_logging() -> None:
@@ -43,83 +56,62 @@ def _configure_worker_logging() -> None:
     logger.propagate = False
 
 
-def _use_multiprocess_metrics() -> None:
-    """Make every metric created from now on in this worker a shared-file value."""
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import values
-
-        values.ValueClass = values.MultiProcessValue()
+_METRICS_FILE = re.compile(r"_([0-9]+)\.db$")
 
 
-def _worker_exit(_server: Any, worker: Any) -> None:
-    app = getattr(worker, "wsgi", None)
-    svc = getattr(app, "extensions", {}).get("deficiency") if app is not None else None
-    if svc is not None:
-        svc.close()
+def _forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that are gone (killed, or replaced)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+
+    pids = {int(m.group(1)) for name in os.listdir(directory)
+            if (m := _METRICS_FILE.search(name))}
+    for pid in pids - {os.getpid()}:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)
+        except PermissionError:
+            pass  # alive, someone else's
 
 
-def _child_exit(_server: Any, worker: Any) -> None:
-    if os.environ.get(MULTIPROC_ENV):
-        from prometheus_client import multiprocess
+def worker_app() -> Any:
+    """granian's target (a factory), called in each worker once it is forked."""
+    if _worker_args is None:
+        raise RuntimeError("worker_app runs only in the workers of `deficiency serve`")
+    config_path, generation = _worker_args
+    _configure_worker_logging()
+    _forget_dead_workers()
+    from ..config import load_config
+    from .app import create_app
 
-        multiprocess.mark_process_dead(worker.pid)
-
-
-class ServerLog(Logger):  # type: ignore[misc]
-    """gunicorn's logger (its `logger_class` setting), except for requests gunicorn
-    refused: what the client sent may hold an API key or borrower data, so the line
-    keeps the address only."""
-
-    REFUSED = "Invalid request from ip="
-
-    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(msg, str) and msg.startswith(self.REFUSED):
-            address = msg[len(self.REFUSED):].partition(": ")[0]
-            msg = f"refused a malformed request from {address} (content not logged)"
-        super().warning(msg, *args, **kwargs)
+    return create_app(load_config(config_path), generation=generation)
 
 
-class DeficiencyServer(BaseApplication):  # type: ignore[misc]
-    """gunicorn with our settings; each worker calls `create_app(load_config(path))`."""
-
-    def __init__(self, config_path: str | None, settings: dict[str, Any]) -> None:
-        self._config_path = config_path
-        self._settings = settings
-        self._generation = SharedGeneration()
-        super().__init__()
-
-    def load_config(self) -> None:
-        for name, value in self._settings.items():
-            self.cfg.set(name, value)
-        self.cfg.set("worker_class", "gthread")
-        self.cfg.set("preload_app", False)
-        self.cfg.set("accesslog", None)  # the app writes structured access lines
-        self.cfg.set("errorlog", "-")
-        self.cfg.set("logger_class", ServerLog)
-        self.cfg.set("proc_name", "deficiency")
-        # gunicorn's control socket defaults to one path per user: two servers collide.
-        self.cfg.set("control_socket_disable", True)
-        self.cfg.set("worker_exit", _worker_exit)
-        self.cfg.set("child_exit", _child_exit)
-
-    def load(self) -> Any:
-        """Runs in each worker after the fork."""
-        _configure_worker_logging()
-        _use_multiprocess_metrics()
-        from ..config import load_config
-        from .app import create_app
-
-        return create_app(load_config(self._config_path), generation=self._generation)
-
-
-def gunicorn_settings(*, bind: str, workers: int, threads: int, timeout: int,
-                      graceful_timeout: int, keepalive: int) -> dict[str, Any]:
-    return {
-        "bind": [bind],
-        "workers": workers,
-        "threads": threads,
-        "timeout": timeout,
-        "graceful_timeout": graceful_timeout,
-        "keepalive": keepalive,
-        "loglevel": "info",
-    }
+def serve(config_path: str | None, *, bind: str, workers: int, threads: int,
+          graceful_timeout: int, keepalive: int) -> None:
+    """Run the server until it is stopped (SIGTERM, SIGINT)."""
+    global _worker_args
+    _worker_args = (config_path, SharedGeneration())
+    if bind.startswith("unix:"):
+        where: dict[str, Any] = {"uds": Path(bind.removeprefix("unix:"))}
+    else:
+        host, port = split_bind(bind)
+        where = {"address": host, "port": port}
+    Server(
+        f"{__name__}:worker_app",
+        factory=True,
+        interface=Interfaces.WSGI,
+        workers=workers,
+        blocking_threads=threads,
+        # An idle keep-alive connection is closed once `keepalive` seconds pass without
+        # the next request's head (granian's header read timeout covers both).
+        http1_settings=HTTP1Settings(keep_alive=keepalive > 0,
+                                     header_read_timeout=(keepalive or 30) * 1000),
+        respawn_failed_workers=True,
+        workers_kill_timeout=graceful_timeout,
+        log_access=False,  # the app writes structured access lines
+        **where,
+    ).serve()

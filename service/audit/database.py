@@ -54,7 +54,7 @@ def create_audit_engine(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> Eng
 
 
 def _forget_connections_in_forked_children(engine: Engine) -> None:
-    # A forked worker (gunicorn with preload) must not talk over its parent's
+    # A forked process (a worker forked with the store open) must not talk over its parent's
     # sockets or SQLite handles; it opens its own, leaving the parent's alone.
     ref = weakref.ref(engine)
 
@@ -109,8 +109,8 @@ def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
 
     SQLite answers "database is locked" at once, without calling the busy
     handler, when a journal-mode change could deadlock with another connection
-    (several processes opening a new file together: gunicorn workers, the
-    commit process), and answers the old mode for a change it declines. So this
+    (several processes opening a new file together: the server's workers), and
+    answers the old mode for a change it declines. So this
     retries by hand until the deadline.
     """
     deadline = time.monotonic() + busy_timeout

@@ -31,7 +31,8 @@ from ..policy.model import (
     Ruleset,
 )
 
-_CMP = {
+#: The comparison operators of a leaf over plain values.
+COMPARE = {
     EQ: lambda a, b: a == b,
     NE: lambda a, b: a != b,
     LT: lambda a, b: a < b,
@@ -76,7 +77,7 @@ def leaf_holds(leaf: Leaf, ctx: dict, rs: Ruleset) -> bool:
     other = operand(leaf, ctx, rs)
     if other is None:
         return False
-    return _CMP[leaf.op](value, other)
+    return COMPARE[leaf.op](value, other)
 
 
 def holds(cond: Any, ctx: dict, rs: Ruleset) -> bool:

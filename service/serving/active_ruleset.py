@@ -24,16 +24,15 @@ content is checked by one worker while the others wait (`exclusive()`); they
 reuse its verdict, and every worker follows the accepted ruleset on its next
 request or watcher turn, whichever worker accepted it.
 
-SIGHUP: we rely on gunicorn's own handling — the master re-reads its configuration,
-starts new workers and stops the old ones gracefully (their in-flight requests
-finish on the old ruleset). Each new worker examines the rules directory against
-the record: the accepted content is loaded as it is; a content rejected before
-stays rejected; a new content is checked (by one of them) and then accepted, or
-rejected — and then the workers load the accepted copy from the record, never the
-broken files. So SIGHUP needs no code of ours in the master, and the configuration
-(`rules.dir` too) is re-read as gunicorn users expect. Only at the very first
-start, with nothing accepted yet, does a rejected directory stop the worker (and
-gunicorn then stops the server): there is no checked ruleset to serve.
+SIGHUP: the HTTP server's own handling — it starts new workers and stops the old
+ones gracefully (their in-flight requests finish on the old ruleset); each new
+worker reads the configuration file again (`rules.dir` too). Each new worker
+examines the rules directory against the record: the accepted content is loaded as
+it is; a content rejected before stays rejected; a new content is checked (by one of
+them) and then accepted, or rejected — and then the workers load the accepted copy
+from the record, never the broken files. So SIGHUP needs no code of ours in the
+master. Only at the very first start, with nothing accepted yet, does a rejected
+directory stop the worker: there is no checked ruleset to serve.
 """
 
 from __future__ import annotations

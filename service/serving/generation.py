@@ -3,12 +3,12 @@ directory was last accepted (fully checked), the verdict on the last content exa
 and a generation number bumped on every change of either.
 
 Every worker follows the accepted ruleset, whichever worker accepted it; a worker
-that starts (gunicorn restarts them all on SIGHUP) examines the rules directory
+that starts (SIGHUP replaces them all) examines the rules directory
 against this record, so it never serves a content another worker rejected and
 never checks the same content twice (`exclusive()` lets one worker check while
 the others wait for its verdict).
 
-Kept apart from the engine so the gunicorn master can create the shared one
+Kept apart from the engine so the server's master can create the shared one
 without importing durable-rules.
 """
 
@@ -127,7 +127,7 @@ class LocalGeneration:
 
 class SharedGeneration:
     """The record in shared memory and a private state directory: create it in the
-    gunicorn master, before the workers are forked.
+    server's master, before the workers are forked.
 
     The directory holds `state.json` (written by atomic rename) and a copy of the
     accepted rule files (`snapshots/<sha256>/`), so a worker starting after the files

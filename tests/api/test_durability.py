@@ -125,7 +125,7 @@ def test_a_worker_restarted_while_the_rule_files_are_broken_still_serves(
         assert server.proc is not None
         children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
         worker = int(children.read_text().split()[0])
-        os.kill(worker, signal.SIGKILL)  # gunicorn boots a replacement
+        os.kill(worker, signal.SIGKILL)  # the server starts a replacement
         deadline = time.monotonic() + 30
         while str(worker) in children.read_text().split() and time.monotonic() < deadline:
             time.sleep(0.05)

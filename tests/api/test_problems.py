@@ -134,7 +134,7 @@ def test_a_chunked_body_over_the_limit_is_413_while_reading(make_app: Callable[.
     r = client.post("/v1/decisions", input_stream=io.BytesIO(body),
                     content_type="application/json",
                     headers={"Transfer-Encoding": "chunked"},
-                    environ_overrides={"wsgi.input_terminated": True})  # as gunicorn sets
+                    environ_overrides={"wsgi.input_terminated": True})  # as granian sets
     assert r.status_code == 413
 
 

@@ -1,4 +1,4 @@
-"""End to end: the real server (`python -m service.cli serve`, gunicorn, 2 workers) over
+"""End to end: the real server (`python -m service.cli serve`, granian, 2 workers) over
 HTTP, with the audit log on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -178,9 +178,9 @@ def _read_responses(sock: Any, count: int) -> list[tuple[int, bytes]]:
 
 def test_keep_alive_requests_are_answered_back_to_back_pipelined_and_after_a_pause(
         server: Server) -> None:
-    """A worker thread keeps serving a keep-alive connection while its requests come right
-    away, and hands it back to the poller otherwise: every way a client can send its next
-    request on the connection is answered, in order."""
+    """Every way a client can send its next request on a keep-alive connection is
+    answered, in order: right after the last answer, pipelined, after a pause, and split
+    over two writes."""
     import socket
     import time
 
@@ -202,7 +202,7 @@ def test_keep_alive_requests_are_answered_back_to_back_pipelined_and_after_a_pau
         answers = _read_responses(sock, 3)
         assert [s for s, _ in answers] == [200, 201, 200]
         assert json.loads(answers[1][1])["outcome"]["bearer"] == "borrower"
-        for pause in (0.05, 0.3):  # longer than the thread waits: back through the poller
+        for pause in (0.05, 0.3):  # the connection idle between two requests
             time.sleep(pause)
             sock.sendall(decide)
             [(status, answer)] = _read_responses(sock, 1)
@@ -216,12 +216,11 @@ def test_keep_alive_requests_are_answered_back_to_back_pipelined_and_after_a_pau
 
 
 def test_clients_gone_quiet_after_an_unread_body_hold_no_thread(tmp_path: Path) -> None:
-    """A request refused before its body is read (401, 415) leaves the body on the
-    connection. It is drained before the connection goes back to waiting: a client
-    that then sends nothing more holds no thread. (Skipping the drain, a thread would
-    take the leftover bytes for the start of a next request and wait for the rest.)
-    With more such clients than the server has threads, a decision is still answered,
-    and so is the next request on each of those connections."""
+    """A request refused before the app reads its body (401, 415) leaves that body
+    unread: the connection still serves its next request, and a client that then sends
+    nothing more holds no request thread. With more such clients than the server has
+    threads, a decision is still answered, and so is the next request on each of those
+    connections."""
     import socket
 
     keys = [{"name": k.name, "sha256": k.sha256, "scopes": sorted(k.scopes)} for k in api_keys()]

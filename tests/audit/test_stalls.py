@@ -184,9 +184,10 @@ def test_a_duplicate_key_is_still_found_under_the_chain_lock(
 
 def test_opening_a_database_that_stops_answering_while_migrating_is_bounded(
         proxy: TcpProxy, own_pg_url: str) -> None:
-    # At start-up a worker opens the store; hung there, it would never serve (and
-    # gunicorn would kill it and start another, to hang again). Bounded, the service
-    # starts, says "not ready", and opens the store once the database answers.
+    # At start-up a worker opens the store; hung there, it would never serve (the HTTP
+    # server has no start-up time limit: it would hang for as long as the database).
+    # Bounded, the service starts, says "not ready", and opens the store once the
+    # database answers.
     via = make_url(own_pg_url).set(host="127.0.0.1", port=proxy.port).render_as_string(
         hide_password=False)
     proxy.stall_when(b"pg_advisory_xact_lock")  # the migration's first statement

@@ -1,6 +1,6 @@
 """Fixtures of the hardening suite (docs/reliability.md).
 
-Everything here runs against the REAL server: `python -m service.cli serve` (gunicorn,
+Everything here runs against the REAL server: `python -m service.cli serve` (granian,
 2 worker processes, threads), its audit log in SQLite under the test's tmp directory,
 API keys with every scope configured (tests/api/conftest.py KEYS), started and
 stopped as a subprocess by tests/api/servers.py.
@@ -91,8 +91,8 @@ class Conformance:
 
 # ------------------------------------------------------------------ servers
 
-#: gunicorn's line for each worker it starts (loglevel info, on the server's stderr).
-_BOOTED = re.compile(r"Booting worker with pid: ([0-9]+)")
+#: The HTTP server's line for each worker it starts (on the server's stderr).
+_BOOTED = re.compile(r"Spawning worker-[0-9]+ with PID: ([0-9]+)")
 
 
 def auth(name: str = "all") -> dict[str, str]:
@@ -122,21 +122,21 @@ class Live:
         return self.server.base
 
     def children(self) -> set[int]:
-        """The gunicorn master's child processes (workers, and any helper process)."""
+        """The server's child processes (its workers, and any helper process)."""
         proc = self.server.proc
         assert proc is not None and proc.poll() is None, "the server is not running"
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         return {int(pid) for pid in children}
 
     def workers(self) -> set[int]:
-        """The worker processes, by pid: children gunicorn announced as booted workers
+        """The worker processes, by pid: children the server announced as workers
         (the master may have other children). A worker
         that died and was replaced shows as a different set."""
         booted = {int(pid) for pid in _BOOTED.findall(self.log())}
         return self.children() & booted
 
     def log(self) -> str:
-        """Everything the server wrote (stdout and stderr: access log, app log, gunicorn)."""
+        """Everything the server wrote (stdout and stderr: access log, app log, granian)."""
         return self.server.log_path.read_text(errors="replace")
 
     def post(self, path: str, body: bytes | str | Any, *, key: str | None = "all",

@@ -1,7 +1,7 @@
 """Crashes against the real server (docs/reliability.md §7).
 
 - One worker SIGKILLed while 16 clients post decisions: the other worker keeps
-  answering, gunicorn boots a replacement that serves, only requests in flight on the
+  answering, the server starts a replacement that serves, only requests in flight on the
   killed worker go unanswered, and afterwards every 2xx is in the log exactly once,
   every record is whole (its JSON parses) and the chain verifies.
 - Idempotent retries across a whole-server SIGKILL: a request answered before the

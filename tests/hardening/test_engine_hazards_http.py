@@ -1,5 +1,5 @@
 """One test per input hazard of ../shared/ENGINE-NOTES.md, through the HTTP API of the
-real server (gunicorn, 2 workers, threads), each answered with a correct decision or a
+real server (granian, 2 workers, threads), each answered with a correct decision or a
 clean 4xx problem naming the paths, and no worker process lost.
 
 tests/engine/test_engine_hazards.py proves the same in-process against the engine;

@@ -1,7 +1,7 @@
 """Soak: the real server under a steady, paced, mixed load for a while, and nothing
 about it creeps (docs/reliability.md §8).
 
-The server is the suite's (conftest `_start`: gunicorn, 2 worker processes with
+The server is the suite's (conftest `_start`: granian, 2 worker processes with
 threads, every key configured), on a new, empty audit log: SQLite in the test's tmp
 directory, or a PostgreSQL database of its own (skipped when the server at
 API_TEST_PG_ADMIN_URL does not answer at the start). CLIENTS threads, each on a

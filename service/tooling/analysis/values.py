@@ -8,18 +8,11 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from ...policy.model import EQ, EXISTS, GT, GTE, LT, LTE, MISSING, NE
+from ...engine.reference import COMPARE
+from ...policy.model import EQ, EXISTS, MISSING, NE
 from .piecewise import to_num
 
 CENT = Decimal("0.01")
-COMPARE = {
-    EQ: lambda a, b: a == b,
-    NE: lambda a, b: a != b,
-    LT: lambda a, b: a < b,
-    LTE: lambda a, b: a <= b,
-    GT: lambda a, b: a > b,
-    GTE: lambda a, b: a >= b,
-}
 
 
 class _AnySet:
