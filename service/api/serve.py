@@ -12,14 +12,11 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from ..commands.errors import CliError
 from ..config import Config, ConfigError, is_loopback_bind, load_config, split_bind
 from ..messages import first_and_more
-
-if TYPE_CHECKING:
-    pass
 
 
 def _config(args: argparse.Namespace) -> Config:
