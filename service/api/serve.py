@@ -15,8 +15,8 @@ import tempfile
 from typing import TextIO
 
 from ..commands.errors import CliError
+from ..commands.rules import require_checked
 from ..config import Config, ConfigError, is_loopback_bind, load_config, split_bind
-from ..messages import first_and_more
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -73,11 +73,6 @@ def _check_startup(config: Config) -> None:
         normalise_url(config.audit.url)
     except ValueError as exc:
         raise CliError(f"configuration: audit.url: {exc}") from None
-    from ..tooling.check import check_ruleset
-
     # The workers accept only a ruleset that passes the full check (load errors, engine
     # limits, gaps, conflicts); say what fails here, once, in one line.
-    problems, _summary, _findings = check_ruleset(str(config.rules.dir))
-    errors = [p for p in problems if p.severity == "error"]
-    if errors:
-        raise CliError(f"invalid ruleset in {config.rules.dir}: {first_and_more(errors)}")
+    require_checked(config.rules.dir)

@@ -31,6 +31,7 @@ from ..tooling.replay import (
 )
 from .audit import audit_url, open_existing
 from .errors import CliError
+from .rules import require_checked
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
@@ -92,6 +93,7 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("--workers: must be from 1 to 256")
     filters = filters_from_args(args)
     directory = Path(args.candidate)
+    require_checked(directory, "candidate ruleset")
     try:
         rs = load_candidate(directory)
     except PolicyError as exc:

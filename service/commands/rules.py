@@ -133,8 +133,21 @@ def check_command(args: argparse.Namespace, out: TextIO) -> int:
     return run_check(args.rules or str(default_rules_dir()), fmt=args.format, out=out)
 
 
+def require_checked(directory: Path | str, what: str = "ruleset") -> None:
+    """Nothing when the directory passes `deficiency check` (load errors, engine limits,
+    gaps, conflicts); otherwise a CliError (exit 2) naming the first problem."""
+    from ..tooling.check import check_ruleset
+
+    problems, _summary, _findings = check_ruleset(str(directory))
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise CliError(f"invalid {what}: {first_and_more(errors)}; `deficiency check "
+                       f"{directory}` rejects it and lists every problem")
+
+
 def test_command(args: argparse.Namespace, out: TextIO) -> int:
     from ..tooling.testing import run_tests
 
-    return run_tests(args.rules or str(default_rules_dir()), out=out,
-                     min_coverage=args.min_coverage, junit=args.junit)
+    directory = args.rules or str(default_rules_dir())
+    require_checked(directory)  # passing tests must never vouch for a rejected ruleset
+    return run_tests(directory, out=out, min_coverage=args.min_coverage, junit=args.junit)

@@ -170,6 +170,25 @@ def test_equal_priority_rules_setting_different_values_conflict(rules: Path) -> 
     assert "shadowed: rule consumer-goods-write-off" in text
 
 
+@pytest.mark.parametrize("command", [["test"], ["replay", "--url", "sqlite:///unused.db",
+                                                "--candidate"]])
+def test_test_and_replay_refuse_a_ruleset_check_rejects(
+        rules: Path, command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Passing policy tests, or a replay report, must never vouch for a ruleset that
+    `deficiency check` rejects: a conflict the test cases do not happen to reach."""
+    from service.cli import main
+
+    assert main(["test", str(rules)], io.StringIO()) == 0  # the policy as shipped
+    capsys.readouterr()
+    add_rules(rules / "bearer.yaml", WRITE_OFF_COPY)
+    out = io.StringIO()
+    assert main([*command, str(rules)], out) == 2
+    err = capsys.readouterr().err.strip()
+    assert out.getvalue() == "" and len(err.splitlines()) == 1, err
+    assert "conflict" in err and "consumer-goods-write-off" in err, err
+    assert f"`deficiency check {rules}` rejects it" in err, err
+
+
 def test_conflict_in_a_later_stage_reads_the_earlier_outcome(rules: Path) -> None:
     add_rules(rules / "reporting.yaml", """\
   - id: credit-paid-in-full-settled
