@@ -140,7 +140,10 @@ class SharedGeneration:
     KEEP_SNAPSHOTS = 3
 
     def __init__(self, directory: str | None = None) -> None:
-        self._value: Any = multiprocessing.Value("Q", 0)
+        # No lock of its own: a process-shared lock stays held for ever when its holder
+        # is SIGKILLed. Readers read one aligned word; the one writer at a time is the
+        # holder of `exclusive()` (an flock, released by the kernel if its holder dies).
+        self._value: Any = multiprocessing.RawValue("Q", 0)
         self.directory = Path(directory or tempfile.mkdtemp(prefix="deficiency-rulesets-"))
         (self.directory / "snapshots").mkdir(parents=True, exist_ok=True)
         self._owner = os.getpid()
@@ -159,9 +162,9 @@ class SharedGeneration:
         return int(self._value.value)
 
     def bump(self) -> int:
-        with self._value.get_lock():
-            self._value.value += 1
-            return int(self._value.value)
+        """Call inside `exclusive()`."""
+        self._value.value += 1
+        return int(self._value.value)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
