@@ -37,8 +37,7 @@ from granian.server import Server
 from ..config import split_bind
 from ..logjson import JsonLogFormatter
 from ..serving.generation import SharedGeneration
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from .metrics import MULTIPROC_ENV
 
 #: What a worker needs from the master: set before granian forks the workers.
 _worker_args: tuple[str | None, SharedGeneration] | None = None

@@ -155,10 +155,6 @@ class AuditLink:
         return [StoreUnavailable(f"audit store unavailable: {e}") if isinstance(e, RuntimeError)
                 else e for e in outcomes]
 
-    def append_each(self, records: Sequence[NewRecord]) -> list[Exception | None]:
-        """Commit records in one transaction of their own; one entry per record."""
-        return self.store().append_each(records)
-
     def unavailable_reason(self) -> str | None:
         """None when the store answers and the last commit (if one failed within
         WRITE_FAILURE_MEMORY seconds) did not fail; else why not."""
