@@ -1,16 +1,26 @@
 """HTTP benchmark: today's stack against the working tree's, in one sitting, under keep-alive load.
 
-    .venv/bin/python bench/http.py [--stacks baseline,current] [--baseline REV]
+    .venv/bin/python bench/http.py [--stacks baseline,current] [--baseline-rev REV]
         [--only sqlite,postgresql,batch] [--seconds 10] [--warmup 2] [--connections 16]
         [--workers 2] [--threads M] [--baseline-workers 2]
         [--pg-url URL] [--engine-sample 5000] [--engine-repeat 3] [--start-timeout 60]
 
-Stacks: `baseline` is the service at REV (default fc64932, the commit before issue 13),
-run from a git worktree in /tmp (added when missing) as `deficiency serve` with 2
-workers and its default threads (it runs on gunicorn 27, which this venv must have:
-`.venv/bin/pip install 'gunicorn>=27,<28'`); `current` is this working tree, run as
-`deficiency serve` in the shape `--workers`/`--threads` give. Both use this
-interpreter and venv.
+Stacks: `baseline` is the service at `--baseline-rev REV` (`--baseline` is the same
+flag), run from the git worktree /tmp/deficiency-baseline-<7-digit sha of REV> (added,
+detached, when missing; reused when it is at REV) as `deficiency serve` with
+`--baseline-workers` workers and its default threads; `current` is this working tree,
+run as `deficiency serve` in the shape `--workers`/`--threads` give. Both use this
+interpreter and venv, the stack's tree first on PYTHONPATH; nothing is installed.
+Baselines of note:
+- fc64932 (the default): the stack before issue 13. It runs on gunicorn 27, which this
+  venv must then have: `.venv/bin/pip install 'gunicorn>=27,<28'`;
+- 58f44a8: the same granian server right before the audit log's Merkle tree and
+  receipts, i.e. "the same server without receipts" (the receipts issue asks
+  current/baseline recorded decisions/s >= 90% in one sitting):
+  `.venv/bin/python bench/http.py --baseline-rev 58f44a8`.
+A stack whose configuration knows `audit.signing_key` (the current one) is given a
+fresh Ed25519 key and checkpoint file in the run's temporary directory, so nothing is
+written under the working tree's data/.
 
 Scenarios, each on a freshly started server with a fresh audit log:
 - `sqlite`:     POST /v1/decisions, audit log in a SQLite file;
@@ -19,11 +29,14 @@ Scenarios, each on a freshly started server with a fresh audit log:
 - `batch`:      POST /v1/decisions/batch, 100 items per request, SQLite.
 
 For each it prints recorded decisions/s (answered 2xx; batch items answered 201 counted
-one by one), p50/p99 request latency, the server's CPU time per recorded decision (its
+one by one), whether a 201 carries a `receipt` (one probe request before the load),
+p50/p99 request latency, the server's CPU time per recorded decision (its
 whole process group: master, workers, helpers) and that CPU divided by the in-process
 decision path's CPU per decision (`bench/engine.py` of the same stack, run first in the
 same sitting). The load comes from a separate client process (one raw keep-alive socket
 per connection, requests pre-encoded), sharing the machine's cores with the server.
+With both stacks it ends with current/baseline recorded decisions/s per scenario, as a
+percentage, and whether it is at least 90%.
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -62,6 +76,7 @@ DEFAULT_BASELINE = "fc64932"
 SCENARIOS = ("sqlite", "postgresql", "batch")
 STACKS = ("baseline", "current")
 BATCH_ITEMS = 100
+TARGET_PERCENT = 90  # current/baseline recorded decisions/s (the receipts issue)
 
 SEED_FACTS: list[dict[str, Any]] = [
     {"jurisdiction": "OH", "as_of": "2026-02-01",
@@ -249,7 +264,8 @@ def baseline_tree(rev: str) -> tuple[Path, str]:
     if not path.exists():
         _git("worktree", "add", "--detach", str(path), full)
     elif _git("rev-parse", "HEAD", cwd=path) != full:
-        raise Failed(f"{path} exists but is not at {short}: remove it or pick another --baseline")
+        raise Failed(f"{path} exists but is not at {short}: remove it or pick another "
+                     "--baseline-rev")
     return path, short
 
 
@@ -282,10 +298,36 @@ def _server_env(stack: Stack, config: Path) -> dict[str, str]:
     return env
 
 
+def _runs_on_gunicorn(root: Path) -> bool:
+    """Whether the tree's package depends on gunicorn (fc64932 and before do)."""
+    with contextlib.suppress(OSError):
+        return re.search(r'^\s*"gunicorn\b', (root / "pyproject.toml").read_text(),
+                         re.MULTILINE) is not None
+    return False
+
+
+def _signs_checkpoints(root: Path) -> bool:
+    """Whether the tree's configuration has `audit.signing_key` (receipts exist)."""
+    with contextlib.suppress(OSError):
+        return "signing_key" in (root / "service" / "config.py").read_text()
+    return False
+
+
+def _write_signing_key(path: Path) -> None:
+    """A new Ed25519 key, PEM (PKCS#8), as `deficiency audit keygen` writes one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
 def _server_command(stack: Stack, config: Path) -> list[str]:
-    if stack.name == "baseline" and importlib.util.find_spec("gunicorn") is None:
-        raise Failed("the baseline stack runs on gunicorn: .venv/bin/pip install "
-                     "'gunicorn>=27,<28'")
+    if _runs_on_gunicorn(stack.root) and importlib.util.find_spec("gunicorn") is None:
+        raise Failed(f"the {stack.name} stack ({stack.revision}) runs on gunicorn: "
+                     ".venv/bin/pip install 'gunicorn>=27,<28'")
     return [PYTHON, "-m", "service.cli", "serve", "--config", str(config)]
 
 
@@ -297,10 +339,16 @@ def server(stack: Stack, audit_url: str, workdir: Path,
     port = _free_port()
     config = workdir / f"config-{port}.yaml"
     threads = "" if stack.threads is None else f"  threads: {stack.threads}\n"
+    signing = ""
+    if _signs_checkpoints(stack.root):  # else the key may land in the tree's data/
+        key = workdir / f"signing-key-{port}.pem"
+        _write_signing_key(key)
+        signing = (f"  signing_key: {key}\n"
+                   f"  checkpoint_file: {workdir / f'checkpoints-{port}.jsonl'}\n")
     config.write_text(
         f"server:\n  bind: 127.0.0.1:{port}\n  workers: {stack.workers}\n{threads}"
         f"rules:\n  dir: {stack.root / 'rules'}\n"
-        f"audit:\n  url: {audit_url}\n")
+        f"audit:\n  url: {audit_url}\n{signing}")
     log_path = workdir / f"server-{port}.log"
     command = _server_command(stack, config)
     with open(log_path, "wb") as log:
@@ -434,6 +482,32 @@ def load(running: tuple[int, int], path: str, batch: bool,
     return result
 
 
+def probe_receipt(port: int, path: str, batch: bool) -> str:
+    """One request before the load: `yes` when its 201 carries a `receipt`, `no` when
+    it does not, else what the server answered (its status and the body's start)."""
+    body = client_bodies(batch)[0]
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            status, text = r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read()
+    except OSError as exc:
+        return f"no answer: {exc}"
+    try:
+        answer = json.loads(text)
+        if batch:
+            answer = answer["results"][0]
+            status = answer.get("status", status)
+            answer = answer.get("decision", answer)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        answer = None
+    if status != 201 or not isinstance(answer, dict):
+        return f"{status}: {text[:300].decode(errors='replace')}"
+    return "yes" if isinstance(answer.get("receipt"), dict) else "no"
+
+
 def server_means(port: int) -> dict[str, float]:
     """Mean time per decision spent deciding and per audit write, from the server's own
     histograms (all workers); NaN where the server does not expose them."""
@@ -489,7 +563,9 @@ def run_scenario(stack: Stack, scenario: str, work: Path,
         else:
             url = f"sqlite:///{work / f'audit-{stack.name}-{scenario}-{uuid.uuid4().hex[:6]}.db'}"
         port, pgid = stack_of.enter_context(server(stack, url, work, args.start_timeout))
+        receipt = probe_receipt(port, path, batch)
         result = load((port, pgid), path, batch, args)
+        result["receipt"] = receipt
         result.update(server_means(port))
     return result
 
@@ -512,7 +588,7 @@ def report(stacks: list[Stack], wanted: list[str], engine: dict[str, tuple[float
         ms, note = engine.get(s.name, (float("nan"), "not measured"))
         print(f"  {s.name:<9} {s.revision:<16} {s.shape:<38} in-process "
               f"{_f(ms, '.3f')} ms CPU/decision{note}")
-    print(f"{'stack':<9} {'scenario':<11} {'dec/s':>8} {'req/s':>8} {'p50 ms':>7} "
+    print(f"{'stack':<9} {'scenario':<11} {'dec/s':>8} {'rcpt':>4} {'req/s':>8} {'p50 ms':>7} "
           f"{'p99 ms':>7} {'errors':>6} {'cpu ms':>7} {'ratio':>6} {'commit':>7} "
           f"{'others':>6} {'decide':>7} {'audit':>7}")
     for scenario in wanted:
@@ -524,16 +600,22 @@ def report(stacks: list[Stack], wanted: list[str], engine: dict[str, tuple[float
                 print(f"{s.name:<9} {scenario:<11} FAILED: {r.splitlines()[0]}")
                 continue
             ms = engine.get(s.name, (float("nan"), ""))[0]
-            print(f"{s.name:<9} {scenario:<11} {r['rate']:>8.0f} {r['requests']:>8.0f} "
+            receipt = r["receipt"] if r["receipt"] in ("yes", "no") else "?"
+            print(f"{s.name:<9} {scenario:<11} {r['rate']:>8.0f} {receipt:>4} "
+                  f"{r['requests']:>8.0f} "
                   f"{_f(r['p50_ms'], '.2f'):>7} {_f(r['p99_ms'], '.2f'):>7} "
                   f"{r['errors']:>6} {_f(r['server_cpu_ms'], '.3f'):>7} "
                   f"{_f(r['server_cpu_ms'] / ms, '.2f'):>6} "
                   f"{_f(r['commit_cpu_ms'] or float('nan'), '.3f'):>7} "
                   f"{r['other_cores']:>6.2f} {_f(r['decide_ms'], '.2f'):>7} "
                   f"{_f(r['audit_ms'], '.2f'):>7}")
+            if receipt == "?":
+                print(f"{'':<21} probe: {r['receipt']}")
             for problem in r["problems"]:
                 print(f"{'':<21} client: {problem}")
     print("dec/s: decisions recorded per second (answered 2xx; batch: items answered 201)\n"
+          "rcpt: whether a 201 answer carries a receipt (one probe before the load; ?: the\n"
+          "  probe was not answered 201, its answer below)\n"
           "req/s: requests answered per second; p50/p99: request latency\n"
           "cpu ms: server CPU per recorded decision, warm-up included (its process group:\n"
           "  master, workers, helpers; not PostgreSQL's own)\n"
@@ -548,6 +630,27 @@ def report(stacks: list[Stack], wanted: list[str], engine: dict[str, tuple[float
 # ------------------------------------------------------------------ main
 
 
+def report_ratios(stacks: list[Stack], wanted: list[str],
+                  results: dict[tuple[str, str], dict[str, Any] | str]) -> None:
+    """current/baseline recorded decisions/s per scenario, against the 90% target."""
+    names = {s.name: s for s in stacks}
+    if set(names) != set(STACKS):
+        return
+    base, cur = names["baseline"], names["current"]
+    print()
+    print(f"current ({cur.revision}) / baseline ({base.revision}), recorded decisions/s "
+          f"(target >= {TARGET_PERCENT}%):")
+    for scenario in wanted:
+        b, c = results.get(("baseline", scenario)), results.get(("current", scenario))
+        if not isinstance(b, dict) or not isinstance(c, dict) or not b["rate"]:
+            print(f"  {scenario:<11} not measured")
+            continue
+        percent = c["rate"] / b["rate"] * 100
+        verdict = "yes" if percent >= TARGET_PERCENT else "NO"
+        print(f"  {scenario:<11} {c['rate']:>7.0f} / {b['rate']:>7.0f} = {percent:5.1f}%   "
+              f">= {TARGET_PERCENT}%: {verdict}")
+
+
 def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in allowed]
@@ -560,8 +663,9 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stacks", default="baseline,current", help="baseline,current")
-    p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="REV",
-                   help="commit of today's stack (default %(default)s)")
+    p.add_argument("--baseline-rev", "--baseline", dest="baseline", default=DEFAULT_BASELINE,
+                   metavar="REV", help="the baseline stack's commit (default %(default)s; "
+                   "58f44a8: the same server before receipts)")
     p.add_argument("--only", default=",".join(SCENARIOS), help="sqlite,postgresql,batch")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
@@ -621,6 +725,7 @@ def main() -> int:
                     print(f"[{s.name}] {scenario} FAILED: {exc}", file=sys.stderr, flush=True)
                     results[(s.name, scenario)] = str(exc)
     report(stacks, wanted, engine, results, args)
+    report_ratios(stacks, wanted, results)
     failed = any(isinstance(r, str) for r in results.values())
     return 1 if failed else 0
 

@@ -63,11 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--config", metavar="FILE")
     a.add_argument("--url", metavar="URL", help="audit store URL (default: from config)")
     asub = a.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    asub.add_parser("verify", help="check the hash chain").set_defaults(
-        run=_delegate("service.commands.audit", "audit_verify_command"))
+    v = asub.add_parser("verify", help="check the hash chain and the Merkle tree against "
+                                       "signed checkpoints")
+    v.add_argument("--checkpoint", action="append", metavar="FILE",
+                   help="a signed checkpoint, a checkpoint file or a decision receipt kept "
+                        "elsewhere (repeatable)")
+    v.add_argument("--key", metavar="VKEY", help="the verifier key (text or a file holding "
+                                                 "it); default: the configured key's")
+    v.add_argument("--redecide", action="store_true",
+                   help="decide every stored decision again with its archived ruleset")
+    v.add_argument("--since", metavar="TIME", help="with --redecide: recorded at or after")
+    v.set_defaults(run=_delegate("service.commands.audit", "audit_verify_command"))
     show = asub.add_parser("show", help="print one record")
     show.add_argument("id")
     show.set_defaults(run=_delegate("service.commands.audit", "audit_show_command"))
+    kg = asub.add_parser("keygen", help="write a new checkpoint signing key")
+    kg.add_argument("--out", required=True, metavar="FILE")
+    kg.set_defaults(run=_delegate("service.commands.audit", "audit_keygen_command"))
+    asub.add_parser("checkpoint", help="print the latest signed checkpoint").set_defaults(
+        run=_delegate("service.commands.audit", "audit_checkpoint_command"))
+    w = asub.add_parser("witness", help="check that a service's log only grows")
+    w.add_argument("url", metavar="URL")
+    w.add_argument("--state", required=True, metavar="DIR")
+    w.add_argument("--key", metavar="VKEY")
+    w.add_argument("--api-key", metavar="KEY", help="default: $DEFICIENCY_API_KEY")
+    w.set_defaults(run=_delegate("service.commands.witness", "witness_command"))
+    pr = asub.add_parser("prove", help="write an evidence bundle for one decision")
+    pr.add_argument("id")
+    pr.add_argument("--out", required=True, metavar="FILE")
+    pr.add_argument("--key", metavar="VKEY")
+    pr.set_defaults(run=_delegate("service.commands.evidence", "prove_command"))
+    cb = asub.add_parser("check-bundle", help="check an evidence bundle offline")
+    cb.add_argument("file", metavar="FILE")
+    cb.add_argument("--key", metavar="VKEY", help="pin the verifier key (default: the "
+                                                  "bundle's own)")
+    cb.set_defaults(run=_delegate("service.commands.evidence", "check_bundle_command"))
+    rp = asub.add_parser("reproduce", help="decide one stored decision again")
+    rp.add_argument("id")
+    rp.set_defaults(run=_delegate("service.commands.evidence", "reproduce_command"))
 
     k = sub.add_parser("keys", help="API keys")
     ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

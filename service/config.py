@@ -67,6 +67,26 @@ class RulesConfig:
 class AuditConfig:
     url: str = "sqlite:///data/audit.db"
     timeout: int = 10  # service.audit.database.STORE_TIMEOUT (not imported: config stays light)
+    #: The Ed25519 key (PEM, PKCS#8) checkpoints are signed with; None: `key_path`.
+    signing_key: Path | None = None
+    log_name: str = "deficiency-service/audit"
+    #: Where every signed checkpoint is also appended; None: `checkpoints_path`.
+    checkpoint_file: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The SQLite file's directory, else ./data: where the defaults below live."""
+        if self.url.startswith("sqlite:///"):
+            return Path(self.url[len("sqlite:///"):].partition("?")[0]).parent
+        return Path.cwd() / "data"
+
+    @property
+    def key_path(self) -> Path:
+        return self.signing_key or self.data_dir / "audit-signing-key.pem"
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return self.checkpoint_file or self.data_dir / "checkpoints.jsonl"
 
 
 @dataclass(frozen=True)
@@ -187,6 +207,18 @@ def _audit_url(value: Any) -> str:
     return url
 
 
+def _file_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a file path")
+    return Path(value).expanduser().resolve()
+
+
+def _log_name(value: Any) -> str:
+    if not isinstance(value, str) or re.fullmatch(r"[^\s+]{1,200}", value) is None:
+        raise ValueError("must be 1 to 200 characters, without spaces or '+'")
+    return value
+
+
 def _keys(value: Any) -> tuple[ApiKey, ...]:
     if value is None:
         return ()
@@ -245,7 +277,8 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "access_log": _bool,
     },
     "rules": {"dir": _rules_dir},
-    "audit": {"url": _audit_url, "timeout": _int(1, 600)},
+    "audit": {"url": _audit_url, "timeout": _int(1, 600), "signing_key": _file_path,
+              "log_name": _log_name, "checkpoint_file": _file_path},
     "limits": {
         "max_body_bytes": _int(1024, 64 * 1024 * 1024),
         "max_batch_items": _int(1, 10_000),

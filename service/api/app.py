@@ -17,11 +17,13 @@ from typing import TextIO
 from flask import Flask, Response, g, request
 from werkzeug.routing import BaseConverter
 
-from ..audit import open_store
-from ..config import Config, load_config
+from ..audit import AuditStore, StoreUnavailable, open_store
+from ..audit.notes import NoteError
+from ..config import AuditConfig, Config, load_config
 from ..serving.active_ruleset import ActiveRuleset
 from ..serving.audit_link import AuditLink
 from ..serving.generation import Generation, LocalGeneration
+from ..serving.signing import log_signer
 from . import problems
 from .access_log import AccessLog
 from .auth import Keyring
@@ -46,13 +48,15 @@ def create_app(
     watch_interval: float | None = None,
 ) -> Flask:
     """Build the app. Raises PolicyError when the rules directory is rejected (any error
-    `deficiency check` reports) and `generation` holds no ruleset accepted before, and
-    ValueError for an unusable audit URL; an unreachable store is retried later.
+    `deficiency check` reports) and `generation` holds no ruleset accepted before,
+    and ValueError for an unusable audit URL; an unreachable store (or an unusable
+    signing key) is retried later.
 
     `watch_interval`: seconds between looks at the rules directory for changes (0: do
     not watch); by default the generation's (the workers of `deficiency serve` watch,
     an app built on its own does not)."""
     from .decisions import bp as decisions_bp
+    from .log import bp as log_bp
     from .ops import bp as ops_bp
     from .ruleset import bp as ruleset_bp
 
@@ -70,8 +74,7 @@ def create_app(
         config.rules.dir, generation, observer=metrics,
         watch_interval=generation.watch_interval if watch_interval is None else watch_interval)
     try:
-        audit = AuditLink(config.audit.url, opener=functools.partial(
-            open_store, busy_timeout=config.audit.timeout))
+        audit = AuditLink(config.audit.url, opener=functools.partial(_open_store, config.audit))
     except BaseException:
         rulesets.close()
         raise
@@ -86,6 +89,7 @@ def create_app(
     app.extensions[EXTENSION] = svc
 
     app.register_blueprint(decisions_bp)
+    app.register_blueprint(log_bp)
     app.register_blueprint(ruleset_bp)
     app.register_blueprint(ops_bp)
     problems.register(app, lambda p: svc.metrics.errors.labels(p.kind).inc())
@@ -100,6 +104,18 @@ def create_app(
         return response
 
     return app
+
+
+def _open_store(audit: AuditConfig, url: str) -> AuditStore:
+    """The audit store, signing with the configured key (created on first use when none
+    is configured). An unusable key makes the store unavailable: no decision is
+    answered without its receipt."""
+    try:
+        signer = log_signer(audit)
+    except NoteError as exc:
+        raise StoreUnavailable(f"audit store unavailable: {exc}") from None
+    return open_store(url, busy_timeout=audit.timeout, signer=signer,
+                      checkpoint_file=audit.checkpoints_path)
 
 
 def _observe(svc: Service, response: Response) -> None:

@@ -128,7 +128,7 @@ def _decide(svc: Service, decider: Decider, facts: dict[str, Any]) -> dict[str, 
     return decision
 
 
-def _record(decision: dict[str, Any], facts: dict[str, Any], *,
+def _record(decision: dict[str, Any], facts: dict[str, Any], files: dict[str, str], *,
             idempotency_key: str | None = None, body_hash: str | None = None) -> NewRecord:
     ruleset = decision["ruleset"]
     stored = {k: v for k, v in decision.items() if k != "trace"}  # the trace has its own column
@@ -145,6 +145,7 @@ def _record(decision: dict[str, Any], facts: dict[str, Any], *,
         duration_ms=decision["duration_ms"],
         idempotency_key=idempotency_key,
         request_hash=body_hash,
+        ruleset_files=files,
     )
 
 
@@ -193,7 +194,14 @@ def _replay(record: dict[str, Any], body_hash: str) -> Response:
                       type_="idempotency-conflict", kind="idempotency_conflict",
                       extra={"decision_id": record["decision_id"]})
     g.decision_id = record["decision_id"]
-    return json_response(stored_decision(record), 200,
+    answer = stored_decision(record)
+    try:
+        receipt = service().audit.store().receipt(record["decision_id"])
+    except StoreUnavailable:
+        raise problems.store_unavailable() from None
+    if receipt is not None:
+        answer["receipt"] = receipt
+    return json_response(answer, 200,
                          {**_location(record["decision_id"]), "Idempotent-Replayed": "true"})
 
 
@@ -222,10 +230,11 @@ def post_decision() -> Response:
 
     with svc.rulesets.use() as decider:
         decision = _decide(svc, decider, facts)
-    record = _record(decision, facts, idempotency_key=scoped_key, body_hash=body_hash)
+        files = dict(decider.rs.sources)
+    record = _record(decision, facts, files, idempotency_key=scoped_key, body_hash=body_hash)
     started = time.perf_counter()
     try:
-        svc.audit.submit(record)
+        receipt = svc.audit.submit(record)
     except StoreUnavailable:
         raise problems.store_unavailable() from None
     except DuplicateIdempotencyKey:
@@ -244,6 +253,7 @@ def post_decision() -> Response:
     with _never_fails("metrics"):
         svc.metrics.audit_write_seconds.observe(time.perf_counter() - started)
         _count(svc, decision)
+    decision["receipt"] = receipt.to_json()
     return json_response(decision, 201, _location(decision["decision_id"]))
 
 
@@ -272,9 +282,10 @@ def post_batch() -> Response:
     decided: list[tuple[int, dict[str, Any], NewRecord]] = []
     if valid:
         with svc.rulesets.use() as decider:
+            files = dict(decider.rs.sources)
             for index, facts in valid:
                 decision = _decide(svc, decider, facts)
-                decided.append((index, decision, _record(decision, facts)))
+                decided.append((index, decision, _record(decision, facts, files)))
         started = time.perf_counter()
         try:
             outcomes = svc.audit.submit_many([r for _, _, r in decided])
@@ -284,10 +295,11 @@ def post_batch() -> Response:
             raise problems.store_unavailable()  # one transaction: none was recorded
         with _never_fails("metrics"):
             svc.metrics.audit_write_seconds.observe(time.perf_counter() - started)
-        for (index, decision, _), error in zip(decided, outcomes, strict=True):
-            if error is None:
+        for (index, decision, _), outcome in zip(decided, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
                 with _never_fails("metrics"):
                     _count(svc, decision)
+                decision["receipt"] = outcome.to_json()
                 results[index] = {"index": index, "status": 201, "decision": decision}
             else:  # pragma: no cover - fresh ids cannot collide
                 results[index] = {"index": index, "status": 500, "problem": Problem(

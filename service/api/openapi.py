@@ -21,6 +21,7 @@ from ..audit.store import MAX_QUERY_LIMIT
 from ..config import Config
 from ..facts import DATE_TEXT, FIELDS, FIELDS_BY_PATH, NO_DEFAULT, TODAY, Field
 from .decisions import CURSOR_PATTERN, IDEMPOTENCY_KEY_PATTERN
+from .openapi_log import log_paths, log_schemas
 
 # Output amounts, by what bounds them (SPEC §3; every input amount is at most
 # 999,999,999,999.99): an input copied through has 12 digits; debt is the sum of 3
@@ -318,6 +319,7 @@ def _components(config: Config) -> dict[str, Any]:
             "Facts": facts_schema(),
             "PrintableText": _printable_text(),
             "Decision": decision,
+            **log_schemas(decision),
             "StoredDecision": stored,
             "DecisionSummary": {
                 "type": "object",
@@ -417,7 +419,8 @@ def _components(config: Config) -> dict[str, Any]:
                         {"type": "object", "required": ["index", "status", "decision"],
                          "properties": {"index": {"type": "integer", "minimum": 0},
                                         "status": {"const": 201},
-                                        "decision": {"$ref": "#/components/schemas/Decision"}},
+                                        "decision": {
+                                            "$ref": "#/components/schemas/RecordedDecision"}},
                          "additionalProperties": False},
                         {"type": "object", "required": ["index", "status", "problem"],
                          "properties": {"index": {"type": "integer", "minimum": 0},
@@ -611,9 +614,10 @@ def openapi_document(config: Config) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/Facts"}}}},
                     "responses": {
-                        "201": {**_json("Decision", "Decided and recorded."),
+                        "201": {**_json("RecordedDecision", "Decided and recorded; with "
+                                                            "its receipt."),
                                 "headers": location},
-                        "200": {**_json("Decision", "Idempotent replay of a recorded "
+                        "200": {**_json("RecordedDecision", "Idempotent replay of a recorded "
                                                     "decision."),
                                 "headers": {**location, "Idempotent-Replayed": {
                                     "description": "Always true: answered from the log.",
@@ -665,6 +669,7 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                   **_errors(401, 403, 404, 500, 503)},
                 },
             },
+            **log_paths(_json, _errors, ULID),
             "/v1/ruleset": {
                 "get": {
                     "operationId": "getRuleset",

@@ -76,3 +76,11 @@ def _check_startup(config: Config) -> None:
     # The workers accept only a ruleset that passes the full check (load errors, engine
     # limits, gaps, conflicts); say what fails here, once, in one line.
     require_checked(config.rules.dir)
+    # The signing key, created here (once, before the workers) when none is configured.
+    from ..audit.notes import NoteError
+    from ..serving.signing import log_signer
+
+    try:
+        log_signer(config.audit)
+    except (NoteError, OSError) as exc:
+        raise CliError(f"configuration: {exc}") from None

@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
+from service.audit.receipts import Receipt
 from service.audit.records import NewRecord, PreparedRecord, prepare
 from service.audit.store import AuditStore
 
@@ -16,20 +17,20 @@ GROUP_COMMIT_MAX_BATCH = 256
 class _Pending:
     """One submitter's records, committed in the same group (so one transaction)."""
 
-    __slots__ = ("done", "errors", "prepared")
+    __slots__ = ("done", "outcomes", "prepared")
 
     def __init__(self, prepared: list[PreparedRecord]) -> None:
         self.prepared = prepared
         self.done = threading.Event()
-        self.errors: list[Exception | None] = []
+        self.outcomes: list[Exception | Receipt] = []
 
 
 class GroupCommitter:
     """Lets many threads append with one transaction (one fsync) per group.
 
-    `submit` blocks until its record is committed, or raises what kept it out;
-    `submit_many` does the same for several records at once (all in the same
-    transaction). A single writer thread takes whatever has queued up (at most
+    `submit` blocks until its record is committed and returns its receipt, or raises
+    what kept it out; `submit_many` does the same for several records at once (all in
+    the same transaction). A single writer thread takes whatever has queued up (at most
     `max_batch` records, but never part of one submission) while the previous
     group was committing and commits it together, so the busier the server, the
     larger the groups.
@@ -49,18 +50,21 @@ class GroupCommitter:
                                         daemon=True)
         self._writer.start()
 
-    def submit(self, record: NewRecord) -> None:
-        error = self.commit_prepared([prepare(record)])[0]  # bad records fail here
-        if error is not None:
-            raise error
+    def submit(self, record: NewRecord) -> Receipt:
+        outcome = self.commit_prepared([prepare(record)])[0]  # bad records fail here
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | None]:
         """Commit `records` in one transaction (shared with other submitters); one
         entry per record, as `AuditStore.append_each` returns them."""
-        return self.commit_prepared([prepare(record) for record in records])
+        return [o if isinstance(o, Exception) else None
+                for o in self.commit_prepared([prepare(record) for record in records])]
 
-    def commit_prepared(self, records: list[PreparedRecord]) -> list[Exception | None]:
-        """`submit_many` for records `prepare` has made already."""
+    def commit_prepared(self, records: list[PreparedRecord]) -> list[Exception | Receipt]:
+        """Commit records `prepare` has made already; per record, its receipt or the
+        error that kept it out."""
         if not records:
             return []
         pending = _Pending(records)
@@ -70,7 +74,7 @@ class GroupCommitter:
             self._queue.append(pending)
             self._wakeup.notify()
         pending.done.wait()
-        return pending.errors
+        return pending.outcomes
 
     def close(self) -> None:
         """Commit what is queued, then stop the writer thread."""
@@ -104,15 +108,16 @@ class GroupCommitter:
                     return  # closed and drained
                 group = self._take()
             records = [p for pending in group for p in pending.prepared]
+            outcomes: list[Exception | Receipt]
             try:
-                errors = self._store.commit_each(records)
+                outcomes = self._store.commit_receipted(records)
             except Exception as exc:  # never leave a submitter waiting forever
-                errors = [RuntimeError(f"audit writer failed: {exc!r}") for _ in records]
+                outcomes = [RuntimeError(f"audit writer failed: {exc!r}") for _ in records]
             self.transactions += 1
-            self.committed += sum(error is None for error in errors)
+            self.committed += sum(not isinstance(o, Exception) for o in outcomes)
             start = 0
             for pending in group:
                 end = start + len(pending.prepared)
-                pending.errors = errors[start:end]
+                pending.outcomes = outcomes[start:end]
                 start = end
                 pending.done.set()

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +51,9 @@ class NewRecord:
     duration_ms: float
     idempotency_key: str | None = None
     request_hash: str | None = None
+    #: The ruleset's files (name -> exact text), archived with the first record that
+    #: names its sha256; not part of the record itself.
+    ruleset_files: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("decision_id", "loan_id", "ruleset_name", "ruleset_version",
@@ -66,6 +70,10 @@ class NewRecord:
         for name, kind in (("facts", dict), ("decision", dict), ("trace", list)):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name} must be a {kind.__name__}")
+        files = self.ruleset_files
+        if files is not None and (not isinstance(files, Mapping) or not files or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+            raise ValueError("ruleset_files must map file names to their text")
         duration = self.duration_ms
         if isinstance(duration, bool) or not isinstance(duration, int | float) \
                 or not math.isfinite(duration) or duration < 0:
@@ -83,6 +91,13 @@ class VerifyResult:
     first_bad_seq: int | None = None
     first_bad_decision_id: str | None = None
     reason: str | None = None
+    #: The tree's size and root as recomputed from the records (when the walk got there).
+    tree_size: int | None = None
+    root: bytes | None = None
+    #: Signed checkpoints compared with the recomputed tree (stored and given).
+    checkpoints_checked: int = 0
+    #: The size of the latest checkpoint stored in the log (None: none is).
+    latest_checkpoint: int | None = None
 
 
 class PreparedRecord:
@@ -90,10 +105,14 @@ class PreparedRecord:
     bytes, from which both the hashed content (as fragments) and the column values
     are made when it is written. `parts` is the plain tuple it is made of."""
 
-    __slots__ = ("_content", "_row", "decision_id", "idempotency_key", "parts", "sqlite_time")
+    __slots__ = ("_content", "_row", "decision_id", "idempotency_key", "parts", "ruleset",
+                 "sqlite_time")
 
-    def __init__(self, parts: tuple[Any, ...]) -> None:
+    def __init__(self, parts: tuple[Any, ...],
+                 ruleset: tuple[str, str, str, Mapping[str, str]] | None = None) -> None:
         self.parts = parts
+        #: (sha256, name, version, files) to archive, or None.
+        self.ruleset = ruleset
         self.decision_id: str = parts[0]
         # SQLite keeps naive UTC text, spelled as SQLAlchemy spells it (so reads and
         # range queries through SQLAlchemy see the same values).
@@ -154,9 +173,13 @@ def prepare(record: NewRecord) -> PreparedRecord:
                          record.idempotency_key, record.request_hash])
     except (TypeError, ValueError) as exc:
         raise ValueError(f"record {record.decision_id} is not JSON-ready: {exc}") from exc
+    ruleset = None
+    if record.ruleset_files is not None:
+        ruleset = (record.ruleset_sha256, record.ruleset_name, record.ruleset_version,
+                   record.ruleset_files)
     # recorded_at is UTC already (NewRecord normalises it).
     return PreparedRecord((
         record.decision_id, record.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
         record.loan_id, record.ruleset_name, record.ruleset_version, record.ruleset_sha256,
         facts, decision, trace, record.duration_ms, record.idempotency_key,
-        record.request_hash))
+        record.request_hash), ruleset)

@@ -87,4 +87,37 @@ chain_head = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("seq", SeqType, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # The Merkle tree's right edge for seq leaves (`merkle.frontier_nodes`): 32 bytes
+    # per complete subtree, largest first. All an append needs to extend the tree.
+    sa.Column("frontier", sa.LargeBinary, nullable=True),
+)
+
+# The hash of every complete subtree of the Merkle tree, by `merkle.node_id`
+# (leaves included), written in the transaction that appends the records.
+tree_nodes = sa.Table(
+    "audit_tree",
+    metadata,
+    sa.Column("node", SeqType, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+)
+
+# A signed checkpoint per commit group: the C2SP signed note of the tree at that size.
+checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("tree_size", SeqType, primary_key=True, autoincrement=False),
+    sa.Column("root", sa.LargeBinary, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+# Every ruleset that decided: its rule files' exact text (a JSON object, file name
+# to text), from which its sha256 recomputes.
+rulesets = sa.Table(
+    "audit_rulesets",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("version", sa.String, nullable=False),
+    sa.Column("files", sa.Text, nullable=False),
+    sa.Column("archived_at", UTCDateTime, nullable=False),
 )

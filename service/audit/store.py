@@ -17,26 +17,34 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
-from service.audit import schema
+from service.audit import merkle, schema
 from service.audit.chain import (
     CONTENT_FIELDS,
+    ChainBreak,
     ChainWalk,
+    canonical_bytes,
+    canonical_json,
     content_hash,
     format_timestamp,
 )
 from service.audit.database import STORE_TIMEOUT, create_audit_engine
 from service.audit.deadline import Deadlines, deadlines_for
 from service.audit.migrate import upgrade
+from service.audit.notes import Signer, Verifier
+from service.audit.receipts import Receipt, TreeGroup, b64
 from service.audit.records import (
     DuplicateDecisionId,
     DuplicateIdempotencyKey,
@@ -46,16 +54,23 @@ from service.audit.records import (
     VerifyResult,
     prepare,
 )
+from service.audit.verification import Expected, KeptCheckpoints, TreeCheck
 from service.audit.writer import Writer, WriterUnavailable
 from service.messages import one_line
+
+log = logging.getLogger("deficiency.audit")
 
 MAX_QUERY_LIMIT = 1000
 # Rows per INSERT statement: 64 rows of 15 parameters stay below the smallest limit on
 # parameters per statement (999, SQLite before 3.32).
 _ROWS_PER_INSERT = 64
+_NODES_PER_INSERT = 400
 
 _records = schema.records
 _head = schema.chain_head
+_tree = schema.tree_nodes
+_checkpoints = schema.checkpoints
+_rulesets = schema.rulesets
 
 
 @contextmanager
@@ -109,6 +124,11 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
+def _receipt(group: TreeGroup | None, decision_id: str) -> Receipt:
+    assert group is not None  # a record was committed, so the tree grew
+    return group.receipt(decision_id)
+
+
 def _record_dict(row: Mapping[str, Any]) -> dict[str, Any]:
     record = {name: row[name] for name in CONTENT_FIELDS}
     record["recorded_at"] = format_timestamp(row["recorded_at"])
@@ -136,8 +156,13 @@ def _decode_raw(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
 class AuditStore:
     """Append-only, hash-chained decision log. Thread-safe; one per process."""
 
-    def __init__(self, engine: Engine, *, busy_timeout: float = STORE_TIMEOUT) -> None:
+    def __init__(self, engine: Engine, *, busy_timeout: float = STORE_TIMEOUT,
+                 signer: Signer | None = None,
+                 checkpoint_file: str | Path | None = None) -> None:
         self._engine = engine
+        self._signer = signer
+        self._checkpoint_file = None if checkpoint_file is None else Path(checkpoint_file)
+        self._archived: set[str] = set()  # ruleset sha256s known to be archived
         self._busy_timeout = busy_timeout
         self._writer = Writer(engine, timeout=busy_timeout)
         self._deadlines = self._writer.deadlines
@@ -150,6 +175,11 @@ class AuditStore:
     def backend(self) -> str:
         """`sqlite` or `postgresql`."""
         return self._engine.dialect.name
+
+    @property
+    def verifier_key(self) -> str | None:
+        """The verifier key of the checkpoints this store signs (None: it signs none)."""
+        return None if self._signer is None else self._signer.verifier_key
 
     @property
     def transactions(self) -> int:
@@ -191,24 +221,31 @@ class AuditStore:
         return self.commit_each([prepare(record) for record in records])
 
     def commit_each(self, prepared: list[PreparedRecord]) -> list[Exception | None]:
+        """`append_each` for records `prepare` has made already."""
+        return [o if isinstance(o, Exception) else None for o in self.commit_receipted(prepared)]
+
+    def commit_receipted(self, prepared: list[PreparedRecord]) -> list[Exception | Receipt]:
+        """`commit_each`, with each committed record's receipt in place of None."""
         if not prepared:
             return []
         try:
-            return self._commit(prepared, all_or_nothing=False)
+            errors, group = self._commit(prepared, all_or_nothing=False)
         except StoreUnavailable as exc:
             return [self._unavailable_copy(exc) for _ in prepared]
         except self._integrity_error:
             # The check under the chain lock should make this impossible; if a
             # constraint fires anyway, isolate the offender instead of failing all.
             return [self._commit_one(p) for p in prepared]
+        return [error if error is not None else _receipt(group, item.decision_id)
+                for item, error in zip(prepared, errors, strict=True)]
 
-    def _commit_one(self, prepared: PreparedRecord) -> Exception | None:
+    def _commit_one(self, prepared: PreparedRecord) -> Exception | Receipt:
         try:
-            self._commit([prepared], all_or_nothing=True)
+            _, group = self._commit([prepared], all_or_nothing=True)
         except (StoreUnavailable, DuplicateIdempotencyKey, DuplicateDecisionId,
                 self._integrity_error) as exc:
             return exc
-        return None
+        return _receipt(group, prepared.decision_id)
 
     @staticmethod
     def _unavailable_copy(exc: StoreUnavailable) -> StoreUnavailable:
@@ -218,8 +255,8 @@ class AuditStore:
         copy.__cause__ = exc.__cause__
         return copy
 
-    def _commit(self, prepared: list[PreparedRecord], *,
-                all_or_nothing: bool) -> list[Exception | None]:
+    def _commit(self, prepared: list[PreparedRecord], *, all_or_nothing: bool,
+                ) -> tuple[list[Exception | None], TreeGroup | None]:
         """One transaction. all_or_nothing: raise the first duplicate, write nothing;
         otherwise write the rest and return the per-record errors.
 
@@ -230,24 +267,26 @@ class AuditStore:
         """
         check = any(p.idempotency_key is not None for p in prepared)
         try:
-            errors = self._transaction(prepared, all_or_nothing, check)
+            errors, group = self._transaction(prepared, all_or_nothing, check)
         except self._integrity_error:
             if check:
                 raise
-            errors = self._transaction(prepared, all_or_nothing, True)
+            errors, group = self._transaction(prepared, all_or_nothing, True)
         if any(error is None for error in errors):
             with self._counter_lock:
                 self._transactions += 1
-        return errors
+        return errors, group
 
     def _transaction(self, prepared: list[PreparedRecord], all_or_nothing: bool,
-                     check: bool) -> list[Exception | None]:
+                     check: bool) -> tuple[list[Exception | None], TreeGroup | None]:
         sql = self._sql
         sqlite = sql.sqlite
         written: dict[str, str] = {}  # decision id -> hash, of the rows inserted
+        outcome: list[Any] = [None, ()]  # the group's tree, the rulesets it archives
 
         def write(connection: Any) -> list[Exception | None]:
             written.clear()
+            outcome[:] = [None, ()]
             cursor = connection.cursor()
             conflicts = connection.cursor() if check else None
             try:
@@ -263,7 +302,8 @@ class AuditStore:
                 head = cursor.fetchone()
                 if head is None:
                     raise RuntimeError("audit chain head row is missing")
-                seq, prev_hash = head
+                seq, prev_hash, frontier_blob = head
+                first = seq
                 errors: list[Exception | None]
                 if conflicts is not None:
                     errors = self._conflicts(conflicts, prepared)
@@ -273,22 +313,43 @@ class AuditStore:
                                 raise error  # rolls back: nothing written
                 else:
                     errors = [None] * len(prepared)
+                frontier = merkle.split_frontier(frontier_blob, seq)
+                tree = merkle.TreeBuilder(seq, frontier)
+                created: dict[int, bytes] = {}
                 rows = []
+                leaves: dict[str, int] = {}
+                rulesets: dict[str, tuple[str, str, str, Any]] = {}
                 for item, error in zip(prepared, errors, strict=True):
                     if error is not None:
                         continue
+                    leaves[item.decision_id] = seq
                     seq += 1
                     record_hash = content_hash(item.content, seq, prev_hash)
                     written[item.decision_id] = record_hash
                     rows.append((seq, item.sqlite_time if sqlite else item.recorded_at,
                                  *item.row, prev_hash, record_hash))
+                    tree.add(merkle.record_leaf(record_hash), created)
                     prev_hash = record_hash
+                    if item.ruleset is not None and item.ruleset[0] not in self._archived:
+                        rulesets[item.ruleset[0]] = item.ruleset
                 if rows:
                     for start in range(0, len(rows), _ROWS_PER_INSERT):
                         chunk = rows[start:start + _ROWS_PER_INSERT]
                         cursor.execute(sql.insert(len(chunk)),
                                        [value for row in chunk for value in row])
-                    cursor.execute(sql.update_head, (seq, prev_hash))
+                    nodes = list(created.items())
+                    for start in range(0, len(nodes), _NODES_PER_INSERT):
+                        chunk_nodes = nodes[start:start + _NODES_PER_INSERT]
+                        cursor.execute(sql.tree(len(chunk_nodes)),
+                                       [v for node in chunk_nodes for v in node])
+                    new_frontier = tree.frontier
+                    note = self._sign(cursor, seq, merkle.root_from_frontier(new_frontier))
+                    cursor.execute(sql.update_head, (seq, prev_hash, b"".join(new_frontier)))
+                    self._archive(cursor, rulesets.values())
+                    old = dict(zip((merkle.node_id(*n) for n in merkle.frontier_nodes(first)),
+                                   frontier, strict=True))
+                    outcome[:] = [TreeGroup(first, seq, {**old, **created}, leaves, note),
+                                  tuple(rulesets)]
                 return errors
             finally:
                 cursor.close()
@@ -313,9 +374,46 @@ class AuditStore:
             return found == len(ids)
 
         try:
-            return self._writer.run(write, landed)
+            errors = self._writer.run(write, landed)
         except WriterUnavailable as exc:
             raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
+        group, archived = outcome
+        self._archived.update(archived)  # committed: they stay archived
+        if group is not None and group.checkpoint is not None:
+            self._copy_out(group.size, group.checkpoint)
+        return errors, group
+
+    def _sign(self, cursor: Any, size: int, root: bytes) -> str | None:
+        """Sign the tree's checkpoint and keep it (in the append's transaction)."""
+        if self._signer is None:
+            return None
+        note = self._signer.checkpoint(size, root)
+        cursor.execute(self._sql.checkpoint, (size, root, note))
+        return note
+
+    def _archive(self, cursor: Any, rulesets: Any) -> None:
+        for sha256, name, version, files in rulesets:
+            cursor.execute(self._sql.archive, (
+                sha256, name, version, canonical_json(dict(files)),
+                datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                if self._sql.sqlite else datetime.now(UTC)))
+
+    def _copy_out(self, size: int, note: str) -> None:
+        """Append a checkpoint to the checkpoint file (one JSON line, one write): a copy
+        outside the database. A failure is logged, not raised: the records are
+        committed and their answer must not turn into an error."""
+        path = self._checkpoint_file
+        if path is None:
+            return
+        line = canonical_bytes({"checkpoint": note, "tree_size": size}) + b"\n"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.error("checkpoint of tree size %d not copied to %s: %s", size, path, exc)
 
     def _ask_conflicts(self, cursor: Any, prepared: list[PreparedRecord]) -> None:
         """Look up the decision ids and idempotency keys of `prepared` already taken
@@ -445,27 +543,206 @@ class AuditStore:
         with self._read() as connection:
             return connection.execute(sa.select(sa.func.count()).select_from(_records)).scalar()
 
+    def sign_head(self) -> str | None:
+        """Sign a checkpoint of the tree as it stands, unless one of its size is kept
+        already (a log migrated to the tree, or a new one, has none yet). Returns the
+        new note, or None."""
+        if self._signer is None:
+            return None
+        sql = self._sql
+        signed: list[tuple[int, str]] = []
+
+        def write(connection: Any) -> None:
+            signed.clear()
+            cursor = connection.cursor()
+            try:
+                cursor.execute(sql.begin)
+                cursor.execute(sql.head)
+                size, _, blob = cursor.fetchone()
+                cursor.execute(f"SELECT 1 FROM {_checkpoints.name} WHERE tree_size = {sql.mark}",
+                               (size,))
+                if cursor.fetchone() is None:
+                    root = merkle.root_from_frontier(merkle.split_frontier(blob, size))
+                    signed.append((size, self._sign(cursor, size, root) or ""))
+            finally:
+                cursor.close()
+
+        try:
+            self._writer.run(write)
+        except WriterUnavailable as exc:
+            raise StoreUnavailable(f"audit store unavailable: {exc}") from exc
+        for size, note in signed:
+            self._copy_out(size, note)
+            return note
+        return None
+
+    # -- the tree -------------------------------------------------------------------
+
+    def tree_head(self) -> tuple[int, bytes]:
+        """The tree's size and root as the chain head has them now."""
+        with self._read() as connection:
+            size, blob = connection.execute(
+                sa.select(_head.c.seq, _head.c.frontier).where(_head.c.id == schema.HEAD_ID)
+            ).one()
+        return size, merkle.root_from_frontier(merkle.split_frontier(blob, size))
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest signed checkpoint kept in the log (its signed note), or None."""
+        with self._read() as connection:
+            return connection.execute(
+                sa.select(_checkpoints.c.note).order_by(_checkpoints.c.tree_size.desc())
+                .limit(1)).scalar()
+
+    def checkpoints(self, *, after: int = 0) -> Iterator[tuple[int, bytes, str]]:
+        """(tree size, root, note) of every kept checkpoint beyond size `after`, by size."""
+        last = after
+        while True:
+            with self._read() as connection:
+                rows = connection.execute(
+                    sa.select(_checkpoints.c.tree_size, _checkpoints.c.root, _checkpoints.c.note)
+                    .where(_checkpoints.c.tree_size > last)
+                    .order_by(_checkpoints.c.tree_size).limit(1000)).all()
+            if not rows:
+                return
+            for size, root, note in rows:
+                yield size, bytes(root), note
+            last = rows[-1][0]
+
+    def inclusion_proof(self, decision_id: str, tree_size: int | None = None,
+                        ) -> dict[str, Any] | None:
+        """`{"leaf_index", "tree_size", "leaf_hash", "inclusion_proof"}` (hashes base64)
+        of a recorded decision in the tree of `tree_size` leaves (default: the latest
+        checkpoint's size, else the whole tree); None when no such decision is
+        recorded. ValueError when the decision is not in a tree of that size."""
+        with self._read() as connection:
+            seq = connection.execute(sa.select(_records.c.seq)
+                                     .where(_records.c.decision_id == decision_id)).scalar()
+            if seq is None:
+                return None
+            size = self._proof_size(connection, tree_size)
+            if seq > size:
+                raise ValueError(f"decision {decision_id} is leaf {seq - 1}, not in a tree "
+                                 f"of {size} leaves")
+            index = seq - 1
+            nodes = self._nodes(connection, lambda t: (t.inclusion(index, size),
+                                                       t.hash(index, index + 1)))
+        tree = merkle.Subtrees(nodes)
+        return {"leaf_index": index, "tree_size": size,
+                "leaf_hash": b64(tree.hash(index, index + 1)),
+                "inclusion_proof": [b64(h) for h in tree.inclusion(index, size)]}
+
+    def receipt(self, decision_id: str) -> dict[str, Any] | None:
+        """A recorded decision's receipt against the latest kept checkpoint (as a 201
+        answer carries it), or None when the decision or a checkpoint covering it is
+        not there."""
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(_checkpoints.c.tree_size, _checkpoints.c.note)
+                .order_by(_checkpoints.c.tree_size.desc()).limit(1)).first()
+        if row is None:
+            return None
+        try:
+            proof = self.inclusion_proof(decision_id, row[0])
+        except ValueError:
+            return None
+        return None if proof is None else {**proof, "checkpoint": row[1]}
+
+    def consistency_proof(self, old: int, new: int) -> list[str]:
+        """The proof (base64 hashes) that the tree of `new` leaves extends the one of
+        `old`; ValueError unless 0 <= old <= new <= the tree's size."""
+        with self._read() as connection:
+            size = self._proof_size(connection, None, whole=True)
+            if not 0 <= old <= new <= size:
+                raise ValueError(f"sizes must satisfy 0 <= from <= to <= {size} "
+                                 f"(got from={old}, to={new})")
+            nodes = self._nodes(connection, lambda t: t.consistency(old, new))
+        return [b64(h) for h in merkle.Subtrees(nodes).consistency(old, new)]
+
+    def _proof_size(self, connection: sa.Connection, tree_size: int | None, *,
+                    whole: bool = False) -> int:
+        head = connection.execute(sa.select(_head.c.seq)
+                                  .where(_head.c.id == schema.HEAD_ID)).scalar() or 0
+        if tree_size is not None:
+            if not 1 <= tree_size <= head:
+                raise ValueError(f"tree_size must be from 1 to {head} (the tree's size)")
+            return tree_size
+        if whole:
+            return head
+        latest = connection.execute(sa.select(sa.func.max(_checkpoints.c.tree_size))).scalar()
+        return latest or head
+
+    @staticmethod
+    def _nodes(connection: sa.Connection,
+               build: Any) -> Any:
+        """`perfect(level, index)` over the stored subtrees `build` reads (one query)."""
+        wanted = sorted(merkle.needed_nodes(build))
+        found: dict[int, bytes] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            found.update((node, bytes(h)) for node, h in connection.execute(
+                sa.select(_tree.c.node, _tree.c.hash).where(_tree.c.node.in_(chunk))))
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            raise StoreUnavailable(f"audit tree incomplete: node {missing[0]} is missing "
+                                   "(run `deficiency audit verify`)")
+        return lambda level, index: found[merkle.node_id(level, index)]
+
+    # -- the ruleset archive ----------------------------------------------------------
+
+    def ruleset(self, sha256: str) -> dict[str, Any] | None:
+        """`{"sha256", "name", "version", "files": {name: text}, "archived_at"}`, or None."""
+        with self._read() as connection:
+            row = connection.execute(sa.select(_rulesets)
+                                     .where(_rulesets.c.sha256 == sha256)).mappings().first()
+        if row is None:
+            return None
+        return {"sha256": row["sha256"], "name": row["name"], "version": row["version"],
+                "files": json.loads(row["files"]),
+                "archived_at": format_timestamp(row["archived_at"])}
+
     # -- verifying -------------------------------------------------------------------
 
-    def verify(self, *, batch: int = 1000) -> VerifyResult:
-        """Walk the chain in seq order, recomputing every hash; report the first bad
-        record. Covers the log up to its last record when the walk starts, so it
-        can run while the service appends."""
+    def verify(self, *, batch: int = 1000, verifier: Verifier | None = None,
+               checkpoints: Sequence[Expected] = (),
+               leaves: Mapping[int, tuple[bytes, str]] | None = None) -> VerifyResult:
+        """Walk the chain in seq order, recomputing every hash, and rebuild the Merkle
+        tree from the records; report the first problem.
+
+        The tree is compared with the subtrees and the frontier the store keeps, with
+        every checkpoint it keeps (their signatures checked with `verifier`, when
+        given) and with `checkpoints` (roots vouched for elsewhere: signed checkpoints
+        already checked by the caller); `leaves` are leaf hashes receipts vouch for,
+        by leaf index. Covers the log up to its last record when the walk starts, so
+        it can run while the service appends."""
         with _operational_errors(), self._engine.connect() as connection:
             # One statement, one snapshot: the head and the last seq agree.
-            head_seq, head_hash, upper = connection.execute(
+            head_seq, head_hash, head_frontier, upper = connection.execute(
                 sa.select(
-                    sa.select(_head.c.seq).where(_head.c.id == schema.HEAD_ID)
-                    .scalar_subquery(),
-                    sa.select(_head.c.hash).where(_head.c.id == schema.HEAD_ID)
-                    .scalar_subquery(),
+                    *(sa.select(column).where(_head.c.id == schema.HEAD_ID).scalar_subquery()
+                      for column in (_head.c.seq, _head.c.hash, _head.c.frontier)),
                     sa.select(sa.func.max(_records.c.seq)).scalar_subquery(),
                 )
             ).one()
         walk = ChainWalk()
+        kept = self._kept_checkpoints(verifier, head_seq or 0)
+        tree = TreeCheck([kept, sorted(checkpoints, key=lambda e: e.size)], leaves or {},
+                         self._stored_nodes)
+
+        def result(problem: ChainBreak | None) -> VerifyResult:
+            if problem is None:
+                return VerifyResult(True, walk.checked, tree_size=tree.size, root=tree.root(),
+                                    checkpoints_checked=tree.matched,
+                                    latest_checkpoint=kept.latest)
+            decision_id = problem.decision_id
+            if decision_id is None and problem.seq is not None:
+                decision_id = self._decision_at(problem.seq)
+            return VerifyResult(False, walk.checked, problem.seq, decision_id, problem.reason,
+                                checkpoints_checked=tree.matched, latest_checkpoint=kept.latest)
+
         last = 0
         columns = self._raw_columns()
-        while upper is not None and last < upper:
+        problem = tree.start()
+        while problem is None and upper is not None and last < upper:
             statement = (
                 sa.select(*columns)
                 .where(_records.c.seq > last, _records.c.seq <= upper)
@@ -477,18 +754,44 @@ class AuditStore:
             if not rows:
                 break
             for row in rows:
-                record, problem = _decode_raw(row)
-                chain_break = (walk.check(record) if problem is None
-                               else walk.unreadable(record, problem))
-                if chain_break is not None:
-                    return VerifyResult(False, walk.checked, chain_break.seq,
-                                        chain_break.decision_id, chain_break.reason)
+                record, unreadable = _decode_raw(row)
+                problem = (walk.check(record) if unreadable is None
+                           else walk.unreadable(record, unreadable))
+                if problem is None:
+                    problem = tree.add(record["seq"], record["decision_id"], record["hash"])
+                if problem is not None:
+                    break
             last = rows[-1]["seq"]
-        chain_break = walk.check_head(head_seq, head_hash)
-        if chain_break is not None:
-            return VerifyResult(False, walk.checked, chain_break.seq,
-                                chain_break.decision_id, chain_break.reason)
-        return VerifyResult(True, walk.checked)
+        if problem is None:
+            problem = walk.check_head(head_seq, head_hash)
+        if problem is None:
+            problem = tree.finish() or kept.problem
+        if problem is None and head_seq is not None and head_seq == tree.size:
+            try:
+                frontier: list[bytes] | None = merkle.split_frontier(head_frontier, head_seq)
+            except ValueError:
+                frontier = None
+            if frontier != tree.frontier:
+                problem = ChainBreak(None, None, "the chain head's Merkle frontier does not"
+                                                 " match the records (head altered)")
+        return result(problem)
+
+    def _kept_checkpoints(self, verifier: Verifier | None, head: int) -> KeptCheckpoints:
+        return KeptCheckpoints(self.checkpoints(after=-1), verifier, head)
+
+    def _stored_nodes(self, ids: list[int]) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        with self._read() as connection:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found.update((node, bytes(h)) for node, h in connection.execute(
+                    sa.select(_tree.c.node, _tree.c.hash).where(_tree.c.node.in_(chunk))))
+        return found
+
+    def _decision_at(self, seq: int) -> str | None:
+        with self._read() as connection:
+            return connection.execute(sa.select(_records.c.decision_id)
+                                      .where(_records.c.seq == seq)).scalar()
 
     def _raw_columns(self) -> list[sa.ColumnElement[Any]]:
         """The record columns, with JSON (and SQLite's timestamp text) left unparsed:
@@ -523,7 +826,8 @@ class AuditStore:
         self._engine.dispose()
 
 
-def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> AuditStore:
+def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT, signer: Signer | None = None,
+               checkpoint_file: str | Path | None = None) -> AuditStore:
     """Open (creating and migrating as needed) the audit log at `url`.
 
     `sqlite:///path/audit.db` (parent directories are created) or
@@ -532,6 +836,10 @@ def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> AuditStore:
     that stops answering, before giving up with StoreUnavailable; opening (and
     migrating) is bounded by it too. Raises ValueError for an unusable URL and
     StoreUnavailable when the database cannot be reached or migrated.
+
+    With a `signer`, every commit group's checkpoint is signed and kept (and appended
+    to `checkpoint_file`), and the tree as it stands is signed now if no checkpoint
+    of its size is kept yet.
     """
     engine = create_audit_engine(url, busy_timeout=busy_timeout)
     try:
@@ -544,4 +852,11 @@ def open_store(url: str, *, busy_timeout: float = STORE_TIMEOUT) -> AuditStore:
     except BaseException:
         engine.dispose()
         raise
-    return AuditStore(engine, busy_timeout=busy_timeout)
+    store = AuditStore(engine, busy_timeout=busy_timeout, signer=signer,
+                       checkpoint_file=checkpoint_file)
+    try:
+        store.sign_head()
+    except BaseException:
+        store.close()
+        raise
+    return store

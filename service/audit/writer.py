@@ -71,13 +71,25 @@ class Statements:
         # autocommit mode and the transaction begun explicitly, so BEGIN travels with
         # the head's SELECT (psycopg waits for its own BEGIN in a pipeline).
         self.begin = "BEGIN IMMEDIATE" if self.sqlite else "BEGIN"
-        self.head = f"SELECT seq, hash FROM {head} WHERE id = {schema.HEAD_ID}{lock}"
+        self.head = f"SELECT seq, hash, frontier FROM {head} WHERE id = {schema.HEAD_ID}{lock}"
         self._insert_head = f"INSERT INTO {records} ({', '.join(INSERT_COLUMNS)}) VALUES "
         self._row = f"({', '.join([mark] * len(INSERT_COLUMNS))})"
         self._inserts: dict[int, str] = {}
-        self.update_head = (f"UPDATE {head} SET seq = {mark}, hash = {mark} "
-                            f"WHERE id = {schema.HEAD_ID}")
+        self.update_head = (f"UPDATE {head} SET seq = {mark}, hash = {mark}, "
+                            f"frontier = {mark} WHERE id = {schema.HEAD_ID}")
         self._records = records
+        self._tree = f"INSERT INTO {schema.tree_nodes.name} (node, hash) VALUES "
+        self.checkpoint = (f"INSERT INTO {schema.checkpoints.name} (tree_size, root, note) "
+                           f"VALUES ({mark}, {mark}, {mark})")
+        self.archive = (f"INSERT INTO {schema.rulesets.name} "
+                        "(sha256, name, version, files, archived_at) "
+                        f"VALUES ({mark}, {mark}, {mark}, {mark}, {mark}) "
+                        "ON CONFLICT (sha256) DO NOTHING")
+        self.archived = f"SELECT sha256 FROM {schema.rulesets.name} WHERE sha256 = {mark}"
+
+    def tree(self, nodes: int) -> str:
+        """One INSERT of `nodes` tree nodes."""
+        return self._tree + ", ".join([f"({self.mark}, {self.mark})"] * nodes)
 
     def insert(self, rows: int) -> str:
         """One INSERT of `rows` rows: a single statement (one step of the database, and

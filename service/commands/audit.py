@@ -19,9 +19,12 @@ from typing import TextIO
 
 from ..audit import AuditStore, StoreUnavailable, open_store
 from ..audit.database import normalise_url
+from ..audit.notes import NoteError, Signer, Verifier, write_new_key
+from ..audit.verification import Expected
 from ..config import ConfigError, load_config
 from ..messages import one_line
 from .errors import CliError
+from .logkeys import Evidence, read_evidence, verifier_from_args
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -50,13 +53,31 @@ def open_existing(url: str) -> AuditStore:
     return open_store(url)
 
 
-def verify_command(url: str, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def verify_command(url: str, out: TextIO | None = None, err: TextIO | None = None, *,
+                   verifier: Verifier | None = None, evidence: Evidence | None = None) -> int:
+    """The chain walk and the tree recomputed from the records, checked against the
+    checkpoints the log keeps (signatures with `verifier`) and `evidence` (signed
+    checkpoints and receipts from elsewhere, already checked)."""
     out = out or sys.stdout
+    evidence = evidence or Evidence()
 
     def run(store: AuditStore) -> int:
-        result = store.verify()
+        result = store.verify(
+            verifier=verifier, leaves=evidence.leaves,
+            checkpoints=[Expected(c.size, c.root, source) for c, source in evidence.checkpoints])
         if result.ok:
-            print(f"OK: {result.checked} records, chain intact", file=out)
+            given = len(evidence.checkpoints)
+            print(f"OK: {result.checked} records, chain intact; Merkle tree of "
+                  f"{result.tree_size} leaves matches {result.checkpoints_checked} signed "
+                  f"checkpoint{'s' if result.checkpoints_checked != 1 else ''}"
+                  + (f" ({given} given)" if given else "")
+                  + ("" if verifier is not None else " (signatures not checked: no key)"),
+                  file=out)
+            latest = result.latest_checkpoint
+            if latest is None or latest < result.checked:
+                print(f"warning: the log's latest signed checkpoint covers "
+                      f"{latest or 0} of {result.checked} records: records after it are "
+                      "vouched for by no signature", file=out)
             return EXIT_OK
         where = ("log" if result.first_bad_seq is None
                  else f"record seq={result.first_bad_seq}")
@@ -85,7 +106,60 @@ def show_command(url: str, decision_id: str, out: TextIO | None = None,
 
 
 def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
-    return verify_command(audit_url(args), out)
+    if args.redecide:
+        from .evidence import redecide_command
+
+        return redecide_command(args, out)
+    checkpoints = args.checkpoint or []
+    verifier = None
+    if args.key or checkpoints or _configured_key(args):
+        verifier = verifier_from_args(args)
+    evidence = Evidence()
+    for path in checkpoints:
+        assert verifier is not None
+        read_evidence(path, verifier, evidence)
+    return verify_command(audit_url(args), out, verifier=verifier, evidence=evidence)
+
+
+def _configured_key(args: argparse.Namespace) -> bool:
+    """Whether the configuration's signing key is at hand (to check the signatures)."""
+    try:
+        return load_config(getattr(args, "config", None)).audit.key_path.is_file()
+    except ConfigError:
+        return False
+
+
+def audit_keygen_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Write a new signing key (mode 0600) and print its verifier key."""
+    try:
+        name = load_config(getattr(args, "config", None)).audit.log_name
+    except ConfigError as exc:
+        raise CliError(f"configuration: {one_line(exc)}") from None
+    try:
+        write_new_key(args.out)
+        signer = Signer.from_file(args.out, name)
+    except FileExistsError:
+        raise CliError(f"--out: {args.out} exists already (a key is never overwritten)") \
+            from None
+    except (OSError, NoteError) as exc:
+        raise CliError(f"--out: {one_line(exc)}") from None
+    print(f"wrote {args.out} (keep it out of the database's reach; set audit.signing_key)",
+          file=sys.stderr)
+    print(signer.verifier_key, file=out)
+    return EXIT_OK
+
+
+def audit_checkpoint_command(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the latest signed checkpoint the log keeps."""
+    def run(store: AuditStore) -> int:
+        note = store.latest_checkpoint()
+        if note is None:
+            print("error: no checkpoint has been signed yet", file=sys.stderr)
+            return EXIT_BAD
+        out.write(note)
+        return EXIT_OK
+
+    return _with_store(audit_url(args), sys.stderr, run)
 
 
 def audit_show_command(args: argparse.Namespace, out: TextIO) -> int:

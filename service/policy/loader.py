@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -101,10 +102,14 @@ def rule_files(directory: Path) -> list[Path]:
 
 
 def ruleset_digest(directory: Path, files: list[Path]) -> str:
+    return sources_digest([(f.name, f.read_bytes()) for f in files])
+
+
+def sources_digest(sources: Iterable[tuple[str, bytes]]) -> str:
+    """A ruleset's sha256: over each file's name, length and bytes, in name order."""
     h = hashlib.sha256()
-    for f in files:
-        data = f.read_bytes()
-        h.update(f.name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+    for name, data in sources:
+        h.update(name.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
     return h.hexdigest()
 
 
@@ -120,9 +125,12 @@ def load_ruleset(directory: str | Path) -> Ruleset:
         raise PolicyError([Problem(Pos(str(directory), 0, 0), f"more than {MAX_FILES} files")])
     docs: list[tuple[str, Any]] = []
     problems: list[Problem] = []
+    sources: list[tuple[str, bytes]] = []
     for f in files:
+        data = f.read_bytes()  # read once: what is parsed is what the sha256 covers
+        sources.append((f.name, data))
         try:
-            doc = load_yaml(f.read_bytes(), str(f))
+            doc = load_yaml(data, str(f))
         except YamlError as exc:
             problems.append(Problem(exc.pos, exc.message, exc.hint))
             continue
@@ -134,11 +142,13 @@ def load_ruleset(directory: str | Path) -> Ruleset:
         docs.append((str(f), doc))
     if problems:
         raise PolicyError(problems)
-    return _Builder(directory, files, docs).build()
+    return _Builder(directory, files, docs, sources).build()
 
 
 class _Builder:
-    def __init__(self, directory: Path, files: list[Path], docs: list[tuple[str, PosDict]]):
+    def __init__(self, directory: Path, files: list[Path], docs: list[tuple[str, PosDict]],
+                 sources: list[tuple[str, bytes]]):
+        self.sources = sources
         self.directory = directory
         self.files = files
         self.docs = docs
@@ -255,8 +265,9 @@ class _Builder:
         if self.problems:
             raise PolicyError(self.problems)
         return Ruleset(
-            name=name, version=version, sha256=ruleset_digest(self.directory, self.files),
+            name=name, version=version, sha256=sources_digest(self.sources),
             directory=str(self.directory), files=tuple(str(f) for f in self.files),
+            sources=tuple((name, data.decode("utf-8")) for name, data in self.sources),
             stages=self.stages, numbers=self.numbers, dates=self.dates, lists=self.lists,
             tables=self.tables, rules=tuple(rules),
             var_kinds={k: v[0] for k, v in self.var_kinds.items()},

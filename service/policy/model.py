@@ -131,6 +131,9 @@ class Ruleset:
     rules: tuple[Rule, ...]
     var_kinds: dict[str, str] = field(default_factory=dict)
     decision_stage: str = ""
+    #: (file name, exact text) of every rule file, in name order: what the sha256 covers
+    #: (`loader.sources_digest`), kept so the audit log can archive the ruleset.
+    sources: tuple[tuple[str, str], ...] = ()
 
     def stage_rules(self, stage: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.stage == stage)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..audit import AuditStore, GroupCommitter, NewRecord, StoreUnavailable, open_store
+from ..audit.receipts import Receipt
 from ..audit.records import PreparedRecord, prepare
 
 log = logging.getLogger("deficiency.api")
@@ -117,19 +118,20 @@ class AuditLink:
     def backend(self) -> str | None:
         return self._store.backend if self._store is not None else None
 
-    def submit(self, record: NewRecord) -> None:
-        """Commit one record (grouped with concurrent ones); raises StoreUnavailable,
-        DuplicateIdempotencyKey, DuplicateDecisionId."""
-        error = self._commit([prepare(record)])[0]  # a bad record fails here (ValueError)
-        if error is not None:
-            raise error
+    def submit(self, record: NewRecord) -> Receipt:
+        """Commit one record (grouped with concurrent ones) and return its receipt;
+        raises StoreUnavailable, DuplicateIdempotencyKey, DuplicateDecisionId."""
+        outcome = self._commit([prepare(record)])[0]  # a bad record fails here (ValueError)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-    def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | None]:
-        """Commit records in one transaction (grouped with concurrent submissions); one
-        entry per record (None: committed). Raises StoreUnavailable."""
+    def submit_many(self, records: Sequence[NewRecord]) -> list[Exception | Receipt]:
+        """Commit records in one transaction (grouped with concurrent submissions); per
+        record, its receipt or the error that kept it out. Raises StoreUnavailable."""
         return self._commit([prepare(record) for record in records])
 
-    def _commit(self, records: list[PreparedRecord]) -> list[Exception | None]:
+    def _commit(self, records: list[PreparedRecord]) -> list[Exception | Receipt]:
         try:
             outcomes = self._commit_once(records)
         except StoreUnavailable as exc:
@@ -146,7 +148,7 @@ class AuditLink:
         self._write_failure = (time.monotonic(), str(cause))
         self._report_failure(cause)
 
-    def _commit_once(self, records: list[PreparedRecord]) -> list[Exception | None]:
+    def _commit_once(self, records: list[PreparedRecord]) -> list[Exception | Receipt]:
         try:
             outcomes = self._open()[1].commit_prepared(records)
         except RuntimeError as exc:  # committer closed (shutting down)

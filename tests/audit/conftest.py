@@ -75,7 +75,8 @@ def pg_url(pg_database: str) -> Iterator[str]:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()")
             connection.exec_driver_sql(
-                "DROP TABLE IF EXISTS audit_records, audit_chain_head, audit_schema_version")
+                "DROP TABLE IF EXISTS audit_records, audit_chain_head, audit_schema_version,"
+                " audit_tree, audit_checkpoints, audit_rulesets")
     finally:
         engine.dispose()
 

@@ -185,7 +185,7 @@ def test_the_schema_is_at_head_and_reopening_does_not_migrate_again(store_url):
         with open_store(store_url) as store, store._engine.connect() as connection:
             version = connection.exec_driver_sql(
                 "SELECT version_num FROM audit_schema_version").scalars().all()
-            assert version == ["0001"]
+            assert version == ["0002"]
 
 
 def test_a_database_from_a_newer_release_is_refused_clearly(store_url, raw):

@@ -19,7 +19,8 @@ def test_the_link_commits_through_its_own_store(tmp_path: Path) -> None:
         link.submit(make_record(1, key="k"))
         with pytest.raises(DuplicateIdempotencyKey):
             link.submit(make_record(2, key="k"))
-        assert link.submit_many([make_record(3), make_record(4)]) == [None, None]
+        receipts = link.submit_many([make_record(3), make_record(4)])
+        assert [r.leaf_index for r in receipts] == [1, 2]
         assert link.store().count() == 3
         assert link.store().verify().ok
 
@@ -47,7 +48,7 @@ def test_failing_commits_are_logged_with_their_cause_but_not_once_per_request(
             assert reports == ["audit commit failed, decisions refused with 503: "
                                "audit store unavailable: database is locked"]
             time.sleep(0.6)
-            assert link.submit_many([make_record(3)])[0] is not None
+            assert isinstance(link.submit_many([make_record(3)])[0], StoreUnavailable)
             reports = [r.getMessage() for r in caplog.records]
             assert len(reports) == 2
             assert reports[1].endswith("database is locked (2 more since the last report)")
@@ -85,7 +86,7 @@ def test_readiness_fails_while_commits_fail_though_the_database_answers(
             # the next decisions find out again).
             time.sleep(0.6)
             assert link.unavailable_reason() is None
-            assert link.submit_many([make_record(2)])[0] is not None
+            assert isinstance(link.submit_many([make_record(2)])[0], StoreUnavailable)
             assert link.unavailable_reason() is not None
         finally:
             blocker.execute("ROLLBACK")
