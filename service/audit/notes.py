@@ -141,7 +141,7 @@ class Verifier:
 
     def __init__(self, vkey: str) -> None:
         text = vkey.strip() if isinstance(vkey, str) else ""
-        parts = text.split("+")
+        parts = text.split("+", 2)  # the base64 key may hold "+" itself
         if len(parts) != 3:
             raise NoteError("a verifier key is <name>+<hex key id>+<base64 key>")
         name, hex_id, key = parts

@@ -28,7 +28,8 @@ def free_port() -> int:
 def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
                  keys: list[dict[str, Any]] | None = None, rules_dir: Path | None = None,
                  threads: int = 8,
-                 audit_timeout: int | None = None) -> Path:
+                 audit_timeout: int | None = None,
+                 audit_settings: dict[str, Any] | None = None) -> Path:
     lines = [
         "server:",
         f"  bind: 127.0.0.1:{port}",
@@ -40,6 +41,7 @@ def write_config(path: Path, *, port: int, audit_url: str, workers: int = 2,
         "audit:",
         f"  url: {audit_url}",
         *([f"  timeout: {audit_timeout}"] if audit_timeout is not None else []),
+        *(f"  {name}: {value}" for name, value in (audit_settings or {}).items()),
         "auth:",
     ]
     if keys:

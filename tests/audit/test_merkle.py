@@ -288,7 +288,7 @@ def test_needed_nodes_are_few_and_suffice() -> None:
     # The receipts of a whole group share their reads.
     size = 4000
     check_needed(lambda s: [s.inclusion(i, size) for i in range(size - 30, size)], size,
-                 30 + 2 * size.bit_length())
+                 2 * 30 + 2 * size.bit_length())
 
 
 def test_needed_nodes_of_single_proofs_to_130() -> None:

@@ -262,6 +262,30 @@ def test_malformed_notes_are_refused(verifier: notes.Verifier, note: str) -> Non
         verifier.checkpoint(note)
 
 
+def test_a_note_must_end_with_a_newline(signer: notes.Signer,
+                                        verifier: notes.Verifier) -> None:
+    note = signer.checkpoint(3, ROOT)
+    with pytest.raises(notes.NoteError):
+        verifier.open(note[:-1])
+
+
+@pytest.mark.parametrize("char", ["\t", "\r", "\x00", "\x1b"])
+def test_signed_text_with_control_characters_is_refused(signer: notes.Signer,
+                                                         verifier: notes.Verifier,
+                                                         char: str) -> None:
+    note = signer.sign(f"{NAME}\n3\n{b64(ROOT)}\nextension{char}\n")
+    with pytest.raises(notes.NoteError):
+        verifier.open(note)
+
+
+@pytest.mark.parametrize("text", ["x\n", "a\n\nb\n", "a\n\n", "ünï\ncode\n"])
+def test_open_returns_exactly_the_signed_text(signer: notes.Signer,
+                                              verifier: notes.Verifier, text: str) -> None:
+    """The signature block starts after the note's last blank line (as in C2SP's
+    signed-note), so the text may hold blank lines of its own."""
+    assert verifier.open(signer.sign(text)) == text
+
+
 def test_signed_text_that_is_not_a_checkpoint_is_refused(signer: notes.Signer,
                                                          verifier: notes.Verifier) -> None:
     bad_bodies = [
