@@ -24,6 +24,8 @@ bp = Blueprint("log", __name__)
 TEXT = "text/plain; charset=utf-8"
 #: A tree size in a query: 0 to 18 digits (fits a signed 64-bit integer).
 SIZE_PATTERN = r"^(0|[1-9][0-9]{0,17})$"
+#: The size of a tree a leaf is in: 1 or more.
+TREE_SIZE_PATTERN = r"^[1-9][0-9]{0,17}$"
 _UNREACHABLE = "The audit log cannot be reached. Retry later."
 
 
@@ -35,7 +37,14 @@ def _store_errors() -> Iterator[None]:
         raise problems.store_unavailable(_UNREACHABLE) from None
 
 
-def _sizes(*names: str, required: tuple[str, ...] = ()) -> dict[str, int]:
+def _no_such_tree(name: str, exc: LookupError) -> Problem:
+    """A tree the log does not have (yet), or a leaf not in it: 404 naming the parameter."""
+    return Problem(404, "Not Found", str(exc), errors=[FieldError(name, str(exc))],
+                   kind="not_found")
+
+
+def _sizes(*names: str, required: tuple[str, ...] = (),
+           least: dict[str, int] | None = None) -> dict[str, int]:
     """Integer query parameters `names` (no others allowed); 400 naming each bad one."""
     errors: list[FieldError] = []
     for name in request.args:
@@ -49,8 +58,10 @@ def _sizes(*names: str, required: tuple[str, ...] = ()) -> dict[str, int]:
         if text is None:
             if name in required:
                 errors.append(FieldError(name, "required"))
-        elif re.fullmatch(SIZE_PATTERN, text) is None:
-            errors.append(FieldError(name, "must be a tree size (a whole number, 0 or more)"))
+        elif re.fullmatch(SIZE_PATTERN, text) is None or int(text) < (least or {}).get(name, 0):
+            low = (least or {}).get(name, 0)
+            errors.append(FieldError(name, f"must be a tree size (a whole number, {low} or "
+                                           "more)"))
         else:
             values[name] = int(text)
     if errors:
@@ -85,13 +96,12 @@ def get_key() -> Response:
 @bp.get("/v1/decisions/<ulid:decision_id>/proof")
 def get_proof(decision_id: str) -> Response:
     authorize("audit:read")
-    size = _sizes("tree_size").get("tree_size")
+    size = _sizes("tree_size", least={"tree_size": 1}).get("tree_size")
     try:
         with _store_errors():
             proof = service().audit.store().inclusion_proof(decision_id.upper(), size)
-    except ValueError as exc:
-        raise problems.invalid_request([FieldError("tree_size", str(exc))],
-                                       "No proof for that tree size.") from None
+    except LookupError as exc:
+        raise _no_such_tree("tree_size", exc) from None
     if proof is None:
         raise Problem(404, "Not Found", f"No decision {decision_id} is recorded.",
                       kind="not_found")
@@ -105,6 +115,8 @@ def get_consistency() -> Response:
     try:
         with _store_errors():
             proof = service().audit.store().consistency_proof(sizes["from"], sizes["to"])
+    except LookupError as exc:
+        raise _no_such_tree("to", exc) from None
     except ValueError as exc:
         raise problems.invalid_request([FieldError("to", str(exc))],
                                        "No proof between those tree sizes.") from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .log import SIZE_PATTERN
+from .log import SIZE_PATTERN, TREE_SIZE_PATTERN
 
 B64_HASH = {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$",
             "description": "A SHA-256 hash, base64."}
@@ -84,20 +84,23 @@ def log_paths(json: Any, errors: Any, ulid: dict[str, Any]) -> dict[str, Any]:
             "operationId": "getInclusionProof",
             "summary": "The decision's inclusion proof in the tree of tree_size leaves.",
             "description": "Scope `audit:read`. tree_size defaults to the latest "
-                           "checkpoint's size.",
+                           "checkpoint's size; 404 when the log has no tree of that size "
+                           "(yet) or the decision is not in it.",
             "parameters": [{"name": "decision_id", "in": "path", "required": True,
                             "schema": ulid},
-                           {"name": "tree_size", "in": "query", "schema": size}],
+                           {"name": "tree_size", "in": "query",
+                            "schema": {"type": "string", "pattern": TREE_SIZE_PATTERN}}],
             "responses": {"200": json("InclusionProof", "The inclusion proof."),
                           **errors(400, 401, 403, 404, 500, 503)}}},
         "/v1/log/consistency": {"get": {
             "operationId": "getConsistencyProof",
             "summary": "Proof that the tree of `to` leaves extends the tree of `from`.",
-            "description": "Scope `audit:read`.",
+            "description": "Scope `audit:read`. 400 when from > to; 404 when the log has "
+                           "no tree of `to` leaves (yet).",
             "parameters": [{"name": "from", "in": "query", "required": True, "schema": size},
                            {"name": "to", "in": "query", "required": True, "schema": size}],
             "responses": {"200": json("ConsistencyProof", "The consistency proof."),
-                          **errors(400, 401, 403, 500, 503)}}},
+                          **errors(400, 401, 403, 404, 500, 503)}}},
         "/v1/rulesets/{sha256}": {"get": {
             "operationId": "getArchivedRuleset",
             "summary": "A ruleset that decided, as archived: its files' exact text.",

@@ -57,10 +57,15 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str, what: str) -> bytes:
+    """Strict: the canonical spelling only (the unused low bits of the last character
+    must be zero), so a note or key has one text, as it has one meaning."""
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise NoteError(f"{what} is not base64") from exc
+    if _b64(raw) != text:
+        raise NoteError(f"{what} is not canonical base64")
+    return raw
 
 
 def _check_name(name: str) -> str:
@@ -75,6 +80,10 @@ def key_id(name: str, public: bytes) -> bytes:
 
 def checkpoint_text(origin: str, size: int, root: bytes) -> str:
     """The C2SP tlog-checkpoint body (what is signed)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ValueError("a tree size is a whole number, 0 or more")
+    if not isinstance(root, bytes) or len(root) != 32:
+        raise ValueError("a root hash is 32 bytes")
     return f"{_check_name(origin)}\n{size}\n{_b64(root)}\n"
 
 
@@ -113,6 +122,8 @@ class Signer:
 
     def sign(self, text: str) -> str:
         """The signed note of `text` (which ends with a newline)."""
+        if not text.endswith("\n"):
+            raise ValueError("a note's text ends with a newline")
         signature = self._private.sign(text.encode("utf-8"))
         return f"{text}\n{_DASH} {self.name} {_b64(self.key_id + signature)}\n"
 

@@ -91,13 +91,15 @@ class VerifyResult:
     first_bad_seq: int | None = None
     first_bad_decision_id: str | None = None
     reason: str | None = None
+    # What the walk saw besides the verdict (not compared: two results are equal when
+    # their verdicts are).
     #: The tree's size and root as recomputed from the records (when the walk got there).
-    tree_size: int | None = None
-    root: bytes | None = None
+    tree_size: int | None = field(default=None, compare=False)
+    root: bytes | None = field(default=None, compare=False)
     #: Signed checkpoints compared with the recomputed tree (stored and given).
-    checkpoints_checked: int = 0
+    checkpoints_checked: int = field(default=0, compare=False)
     #: The size of the latest checkpoint stored in the log (None: none is).
-    latest_checkpoint: int | None = None
+    latest_checkpoint: int | None = field(default=None, compare=False)
 
 
 class PreparedRecord:

@@ -44,7 +44,8 @@ from service.audit.database import STORE_TIMEOUT, create_audit_engine
 from service.audit.deadline import Deadlines, deadlines_for
 from service.audit.migrate import upgrade
 from service.audit.notes import Signer, Verifier
-from service.audit.receipts import Receipt, TreeGroup, b64
+from service.audit.proofs import LogReads
+from service.audit.receipts import Receipt, TreeGroup
 from service.audit.records import (
     DuplicateDecisionId,
     DuplicateIdempotencyKey,
@@ -153,7 +154,7 @@ def _decode_raw(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
     return record, None
 
 
-class AuditStore:
+class AuditStore(LogReads):
     """Append-only, hash-chained decision log. Thread-safe; one per process."""
 
     def __init__(self, engine: Engine, *, busy_timeout: float = STORE_TIMEOUT,
@@ -576,130 +577,6 @@ class AuditStore:
             return note
         return None
 
-    # -- the tree -------------------------------------------------------------------
-
-    def tree_head(self) -> tuple[int, bytes]:
-        """The tree's size and root as the chain head has them now."""
-        with self._read() as connection:
-            size, blob = connection.execute(
-                sa.select(_head.c.seq, _head.c.frontier).where(_head.c.id == schema.HEAD_ID)
-            ).one()
-        return size, merkle.root_from_frontier(merkle.split_frontier(blob, size))
-
-    def latest_checkpoint(self) -> str | None:
-        """The newest signed checkpoint kept in the log (its signed note), or None."""
-        with self._read() as connection:
-            return connection.execute(
-                sa.select(_checkpoints.c.note).order_by(_checkpoints.c.tree_size.desc())
-                .limit(1)).scalar()
-
-    def checkpoints(self, *, after: int = 0) -> Iterator[tuple[int, bytes, str]]:
-        """(tree size, root, note) of every kept checkpoint beyond size `after`, by size."""
-        last = after
-        while True:
-            with self._read() as connection:
-                rows = connection.execute(
-                    sa.select(_checkpoints.c.tree_size, _checkpoints.c.root, _checkpoints.c.note)
-                    .where(_checkpoints.c.tree_size > last)
-                    .order_by(_checkpoints.c.tree_size).limit(1000)).all()
-            if not rows:
-                return
-            for size, root, note in rows:
-                yield size, bytes(root), note
-            last = rows[-1][0]
-
-    def inclusion_proof(self, decision_id: str, tree_size: int | None = None,
-                        ) -> dict[str, Any] | None:
-        """`{"leaf_index", "tree_size", "leaf_hash", "inclusion_proof"}` (hashes base64)
-        of a recorded decision in the tree of `tree_size` leaves (default: the latest
-        checkpoint's size, else the whole tree); None when no such decision is
-        recorded. ValueError when the decision is not in a tree of that size."""
-        with self._read() as connection:
-            seq = connection.execute(sa.select(_records.c.seq)
-                                     .where(_records.c.decision_id == decision_id)).scalar()
-            if seq is None:
-                return None
-            size = self._proof_size(connection, tree_size)
-            if seq > size:
-                raise ValueError(f"decision {decision_id} is leaf {seq - 1}, not in a tree "
-                                 f"of {size} leaves")
-            index = seq - 1
-            nodes = self._nodes(connection, lambda t: (t.inclusion(index, size),
-                                                       t.hash(index, index + 1)))
-        tree = merkle.Subtrees(nodes)
-        return {"leaf_index": index, "tree_size": size,
-                "leaf_hash": b64(tree.hash(index, index + 1)),
-                "inclusion_proof": [b64(h) for h in tree.inclusion(index, size)]}
-
-    def receipt(self, decision_id: str) -> dict[str, Any] | None:
-        """A recorded decision's receipt against the latest kept checkpoint (as a 201
-        answer carries it), or None when the decision or a checkpoint covering it is
-        not there."""
-        with self._read() as connection:
-            row = connection.execute(
-                sa.select(_checkpoints.c.tree_size, _checkpoints.c.note)
-                .order_by(_checkpoints.c.tree_size.desc()).limit(1)).first()
-        if row is None:
-            return None
-        try:
-            proof = self.inclusion_proof(decision_id, row[0])
-        except ValueError:
-            return None
-        return None if proof is None else {**proof, "checkpoint": row[1]}
-
-    def consistency_proof(self, old: int, new: int) -> list[str]:
-        """The proof (base64 hashes) that the tree of `new` leaves extends the one of
-        `old`; ValueError unless 0 <= old <= new <= the tree's size."""
-        with self._read() as connection:
-            size = self._proof_size(connection, None, whole=True)
-            if not 0 <= old <= new <= size:
-                raise ValueError(f"sizes must satisfy 0 <= from <= to <= {size} "
-                                 f"(got from={old}, to={new})")
-            nodes = self._nodes(connection, lambda t: t.consistency(old, new))
-        return [b64(h) for h in merkle.Subtrees(nodes).consistency(old, new)]
-
-    def _proof_size(self, connection: sa.Connection, tree_size: int | None, *,
-                    whole: bool = False) -> int:
-        head = connection.execute(sa.select(_head.c.seq)
-                                  .where(_head.c.id == schema.HEAD_ID)).scalar() or 0
-        if tree_size is not None:
-            if not 1 <= tree_size <= head:
-                raise ValueError(f"tree_size must be from 1 to {head} (the tree's size)")
-            return tree_size
-        if whole:
-            return head
-        latest = connection.execute(sa.select(sa.func.max(_checkpoints.c.tree_size))).scalar()
-        return latest or head
-
-    @staticmethod
-    def _nodes(connection: sa.Connection,
-               build: Any) -> Any:
-        """`perfect(level, index)` over the stored subtrees `build` reads (one query)."""
-        wanted = sorted(merkle.needed_nodes(build))
-        found: dict[int, bytes] = {}
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            found.update((node, bytes(h)) for node, h in connection.execute(
-                sa.select(_tree.c.node, _tree.c.hash).where(_tree.c.node.in_(chunk))))
-        missing = [n for n in wanted if n not in found]
-        if missing:
-            raise StoreUnavailable(f"audit tree incomplete: node {missing[0]} is missing "
-                                   "(run `deficiency audit verify`)")
-        return lambda level, index: found[merkle.node_id(level, index)]
-
-    # -- the ruleset archive ----------------------------------------------------------
-
-    def ruleset(self, sha256: str) -> dict[str, Any] | None:
-        """`{"sha256", "name", "version", "files": {name: text}, "archived_at"}`, or None."""
-        with self._read() as connection:
-            row = connection.execute(sa.select(_rulesets)
-                                     .where(_rulesets.c.sha256 == sha256)).mappings().first()
-        if row is None:
-            return None
-        return {"sha256": row["sha256"], "name": row["name"], "version": row["version"],
-                "files": json.loads(row["files"]),
-                "archived_at": format_timestamp(row["archived_at"])}
-
     # -- verifying -------------------------------------------------------------------
 
     def verify(self, *, batch: int = 1000, verifier: Verifier | None = None,
@@ -726,7 +603,7 @@ class AuditStore:
         walk = ChainWalk()
         kept = self._kept_checkpoints(verifier, head_seq or 0)
         tree = TreeCheck([kept, sorted(checkpoints, key=lambda e: e.size)], leaves or {},
-                         self._stored_nodes)
+                         self.stored_nodes)
 
         def result(problem: ChainBreak | None) -> VerifyResult:
             if problem is None:
@@ -778,15 +655,6 @@ class AuditStore:
 
     def _kept_checkpoints(self, verifier: Verifier | None, head: int) -> KeptCheckpoints:
         return KeptCheckpoints(self.checkpoints(after=-1), verifier, head)
-
-    def _stored_nodes(self, ids: list[int]) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
-        with self._read() as connection:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                found.update((node, bytes(h)) for node, h in connection.execute(
-                    sa.select(_tree.c.node, _tree.c.hash).where(_tree.c.node.in_(chunk))))
-        return found
 
     def _decision_at(self, seq: int) -> str | None:
         with self._read() as connection:

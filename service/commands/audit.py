@@ -1,5 +1,6 @@
-"""`deficiency audit verify` and `deficiency audit show ID`, and the audit log's URL and
-store as every command that reads the log opens it.
+"""`deficiency audit verify`, `show ID`, `keygen` and `checkpoint`, and the audit log's
+URL and store as every command that reads the log opens it (`evidence.py` and
+`witness.py` hold the examiner's other commands).
 
 verify/show return the process exit code: 0 fine, 1 the answer is bad news
 (tampered, not found), 2 the question could not be answered (store unreachable, bad
@@ -66,18 +67,19 @@ def verify_command(url: str, out: TextIO | None = None, err: TextIO | None = Non
             verifier=verifier, leaves=evidence.leaves,
             checkpoints=[Expected(c.size, c.root, source) for c, source in evidence.checkpoints])
         if result.ok:
-            given = len(evidence.checkpoints)
-            print(f"OK: {result.checked} records, chain intact; Merkle tree of "
-                  f"{result.tree_size} leaves matches {result.checkpoints_checked} signed "
-                  f"checkpoint{'s' if result.checkpoints_checked != 1 else ''}"
-                  + (f" ({given} given)" if given else "")
-                  + ("" if verifier is not None else " (signatures not checked: no key)"),
-                  file=out)
-            latest = result.latest_checkpoint
-            if latest is None or latest < result.checked:
-                print(f"warning: the log's latest signed checkpoint covers "
-                      f"{latest or 0} of {result.checked} records: records after it are "
-                      "vouched for by no signature", file=out)
+            matched, given = result.checkpoints_checked, len(evidence.checkpoints)
+            line = (f"OK: {result.checked} records, chain intact; Merkle tree of "
+                    f"{result.tree_size} leaves")
+            if matched:
+                line += (f" matches {matched} signed checkpoint{'s' if matched != 1 else ''}"
+                         + (f" ({given} given)" if given else "")
+                         + ("" if verifier is not None else " (signatures not checked: no key)"))
+            print(line, file=out)
+            latest = result.latest_checkpoint or 0
+            if latest < result.checked:
+                print(f"warning: the log's latest signed checkpoint covers {latest} of "
+                      f"{result.checked} records: records after it are vouched for by no "
+                      "signature", file=out)
             return EXIT_OK
         where = ("log" if result.first_bad_seq is None
                  else f"record seq={result.first_bad_seq}")
@@ -122,7 +124,10 @@ def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _configured_key(args: argparse.Namespace) -> bool:
-    """Whether the configuration's signing key is at hand (to check the signatures)."""
+    """Whether the configuration's signing key is at hand (to check the signatures).
+    Not with --url: the configured key need not be that log's (pass --key)."""
+    if getattr(args, "url", None):
+        return False
     try:
         return load_config(getattr(args, "config", None)).audit.key_path.is_file()
     except ConfigError:

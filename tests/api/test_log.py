@@ -5,11 +5,31 @@ system or an examiner would check it, with nothing but the answers and the key."
 from __future__ import annotations
 
 import base64
+import io
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
 
 from service.audit import merkle
 from service.audit.notes import Verifier
+from service.cli import main
 from service.policy.loader import sources_digest
-from tests.api.conftest import CAR, SHORT_SALE, ConformingClient, bearer, facts, post_json
+from tests.api.conftest import (
+    CAR,
+    KEYS,
+    RULES,
+    SHORT_SALE,
+    ConformingClient,
+    api_keys,
+    bearer,
+    facts,
+    make_config,
+    post_json,
+)
 
 
 def _b(text: str) -> bytes:
@@ -72,16 +92,20 @@ def test_proofs_lead_to_the_signed_checkpoint_and_the_log_only_grows(
                               [_b(p) for p in r.json["consistency_proof"]])
 
 
-def test_bad_proof_questions_are_400_naming_the_parameter(client: ConformingClient) -> None:
+def test_bad_proof_questions_are_400_or_404_naming_the_parameter(
+        client: ConformingClient) -> None:
     decision_id = post_json(client, "/v1/decisions", CAR, key="decider").json["decision_id"]
-    for path, name in ((f"/v1/decisions/{decision_id}/proof?tree_size=9", "tree_size"),
-                       (f"/v1/decisions/{decision_id}/proof?tree_size=x", "tree_size"),
-                       (f"/v1/decisions/{decision_id}/proof?size=1", "size"),
-                       ("/v1/log/consistency?from=2&to=1", "to"),
-                       ("/v1/log/consistency?from=1", "to"),
-                       ("/v1/log/consistency?from=-1&to=1", "from")):
+    for path, status, name in (
+            (f"/v1/decisions/{decision_id}/proof?tree_size=9", 404, "tree_size"),  # not yet
+            (f"/v1/decisions/{decision_id}/proof?tree_size=0", 400, "tree_size"),
+            (f"/v1/decisions/{decision_id}/proof?tree_size=x", 400, "tree_size"),
+            (f"/v1/decisions/{decision_id}/proof?size=1", 400, "size"),
+            ("/v1/log/consistency?from=0&to=2", 404, "to"),
+            ("/v1/log/consistency?from=2&to=1", 400, "to"),
+            ("/v1/log/consistency?from=1", 400, "to"),
+            ("/v1/log/consistency?from=-1&to=1", 400, "from")):
         r = client.get(path, headers=bearer("auditor"))
-        assert r.status_code == 400, path
+        assert r.status_code == status, path
         assert name in [e["path"] for e in r.json["errors"]], (path, r.json)
     r = client.get("/v1/decisions/01ARZ3NDEKTSV4RRFFQ69G5FAV/proof", headers=bearer("auditor"))
     assert r.status_code == 404
@@ -119,3 +143,54 @@ def test_an_idempotent_replay_carries_a_receipt_too(client: ConformingClient) ->
     assert receipt["leaf_hash"] == first.json["receipt"]["leaf_hash"]
     merkle.verify_inclusion(0, 2, _b(receipt["leaf_hash"]),
                             [_b(p) for p in receipt["inclusion_proof"]], checkpoint.root)
+
+
+def test_each_ruleset_that_decides_is_archived_and_reproduces(
+        make_app, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES, rules)
+    config = make_config(tmp_path, keys=api_keys(), rules_dir=rules)
+    client = ConformingClient(make_app(config))
+    first = post_json(client, "/v1/decisions", CAR, key="decider").json
+    text = (rules / "ruleset.yaml").read_text()
+    old_version = first["ruleset"]["version"]
+    (rules / "ruleset.yaml").write_text(text.replace(old_version, old_version + ".1", 1))
+    assert client.post("/v1/ruleset/reload", headers=bearer("admin")).status_code == 200
+    second = post_json(client, "/v1/decisions", CAR, key="decider").json
+    assert second["ruleset"]["sha256"] != first["ruleset"]["sha256"]
+    for decision in (first, second):
+        archived = client.get(f"/v1/rulesets/{decision['ruleset']['sha256']}",
+                              headers=bearer("auditor")).json
+        assert archived["version"] == decision["ruleset"]["version"]
+        out = io.StringIO()
+        assert main(["audit", "--url", config.audit.url, "reproduce",
+                     decision["decision_id"]], out=out) == 0
+        assert out.getvalue().startswith(f"REPRODUCED: decision {decision['decision_id']}")
+    out = io.StringIO()
+    assert main(["audit", "--url", config.audit.url, "verify", "--redecide"], out=out) == 0
+    assert out.getvalue().startswith("OK: 2 decisions decided again")
+
+
+def test_the_witness_reads_the_log_with_an_audit_read_key(
+        app, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        state = str(tmp_path / "witness")
+        monkeypatch.delenv("DEFICIENCY_API_KEY", raising=False)
+        out = io.StringIO()
+        assert main(["audit", "witness", url, "--state", state], out=out) == 2  # 401
+        assert main(["audit", "witness", url, "--state", state,
+                     "--api-key", KEYS["decider"][0]], out=out) == 2  # 403: not audit:read
+        monkeypatch.setenv("DEFICIENCY_API_KEY", KEYS["auditor"][0])
+        assert main(["audit", "witness", url, "--state", state], out=out) == 0
+        assert "first checkpoint kept: tree size 0" in out.getvalue()
+        ConformingClient(app).post("/v1/decisions", data=json.dumps(CAR),
+                                   content_type="application/json", headers=bearer("decider"))
+        out = io.StringIO()
+        assert main(["audit", "witness", url, "--state", state], out=out) == 0
+        assert out.getvalue().startswith("OK: tree size 0 -> 1, consistent")
+    finally:
+        server.shutdown()

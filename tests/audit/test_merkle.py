@@ -261,6 +261,22 @@ def test_receipts_need_only_the_old_frontier_and_the_groups_nodes() -> None:
         size, frontier = new, new_frontier
 
 
+def test_the_proofs_of_one_tree_share_their_reads() -> None:
+    """Subtrees memoises the ranges it combines: the proofs of many leaves of one
+    tree read each of the tree's incomplete suffixes' parts once, not once a proof."""
+    size, reads = 4095, []  # 4095: every suffix of the tree is incomplete
+    nodes = all_nodes()
+
+    def perfect(level: int, index: int) -> bytes:
+        reads.append((level, index))
+        return nodes[merkle.node_id(level, index)]
+
+    s = merkle.Subtrees(perfect)
+    proofs = [s.inclusion(index, size) for index in range(200)]
+    assert proofs == [REF.path(index, size) for index in range(200)]
+    assert len(reads) <= sum(map(len, proofs)) + 2 * size.bit_length()
+
+
 # -- needed_nodes: O(log n) reads, and they suffice ------------------------------------
 
 
@@ -404,12 +420,34 @@ def test_broken_consistency_proofs_fail(old: int, new: int) -> None:
     consistency_fails(old, new, old_root, new_root, [])
     for wrong_old in {old - 1, old + 1} - {0, new}:  # wrong sizes, with their roots
         consistency_fails(wrong_old, new, REF.mth(0, wrong_old), new_root, proof)
-    for wrong_new in {new - 1, new + 1} - {old}:
+    for wrong_new in {new - 1, new + 1, 2 * new} - {old}:
+        if wrong_new > MAX_SIZE:
+            continue
         consistency_fails(old, wrong_new, old_root, REF.mth(0, wrong_new), proof)
+        # Against the right roots, as for inclusion: a proof of another length fails,
+        # and the module agrees with the RFC in every case.
+        if len(REF.proof(old, wrong_new)) != len(proof):
+            consistency_fails(old, wrong_new, old_root, new_root, proof)
+        accepted = rfc.verify_consistency(old, wrong_new, old_root, new_root, proof)
+        try:
+            merkle.verify_consistency(old, wrong_new, old_root, new_root, proof)
+        except merkle.ProofError:
+            assert not accepted, (old, new, wrong_new)
+        else:
+            assert accepted, (old, new, wrong_new)
     # A tree that shrinks: the proof the other way round, or any proof at all.
     consistency_fails(new, old, new_root, old_root, proof)
     consistency_fails(new, old, new_root, old_root, [])
     consistency_fails(old, -1, old_root, merkle.EMPTY_ROOT, [])
+
+
+def test_a_shrinking_tree_is_refused_even_when_the_hashes_fit() -> None:
+    """Sizes 3 then 2: the RFC's steps, run regardless, would only check that the
+    second root is HASH(0x01 || p[0] || p[1]) with p[0] the first root. Made-up
+    roots can satisfy that, so the sizes themselves must be checked."""
+    first, extra = REF.mth(0, 3), LEAVES[9]
+    second = rfc.interior(first, extra)
+    consistency_fails(3, 2, first, second, [first, extra])
 
 
 def test_consistency_edge_cases() -> None:

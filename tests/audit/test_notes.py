@@ -381,3 +381,29 @@ def test_bad_log_names_are_refused(name: str) -> None:
         notes.Signer(fixed_key(CLEAN_SEED), name)
     with pytest.raises(notes.NoteError):
         notes.checkpoint_text(name, 1, ROOT)
+
+
+def test_a_signature_spelled_otherwise_in_base64_is_refused(tmp_path) -> None:
+    # The last base64 character of a 68-byte signature carries 2 unused bits: another
+    # spelling decodes to the same bytes, and a note must have one text.
+    notes.write_new_key(tmp_path / "k.pem")
+    signer = notes.Signer.from_file(tmp_path / "k.pem")
+    note = signer.checkpoint(3, b"\x07" * 32)
+    body, signature = note.rstrip("\n").rsplit(" ", 1)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = signature[-2]  # before the single "=" of 68 bytes
+    twin = alphabet[alphabet.index(last) ^ 1]
+    altered = f"{body} {signature[:-2]}{twin}=\n"
+    with pytest.raises(notes.NoteError, match="canonical"):
+        signer.verifier().checkpoint(altered)
+    assert signer.verifier().checkpoint(note).size == 3
+
+
+def test_the_signer_refuses_what_no_verifier_would_accept(tmp_path) -> None:
+    notes.write_new_key(tmp_path / "k.pem")
+    signer = notes.Signer.from_file(tmp_path / "k.pem")
+    for size, root in ((-1, b"\0" * 32), (1, b"\0" * 31), (True, b"\0" * 32)):
+        with pytest.raises(ValueError):
+            signer.checkpoint(size, root)
+    with pytest.raises(ValueError):
+        signer.sign("no newline at the end")

@@ -37,6 +37,11 @@ ACCESS = {
     "decideBatch": "decide",
     "listDecisions": "audit:read",
     "getDecision": "audit:read",
+    "getCheckpoint": "audit:read",
+    "getVerifierKey": "audit:read",
+    "getInclusionProof": "audit:read",
+    "getConsistencyProof": "audit:read",
+    "getArchivedRuleset": "audit:read",
     "getRuleset": ANY_KEY,
     "reloadRuleset": "admin",
     "health": OPEN,
@@ -69,7 +74,11 @@ def decision_id(live: Live) -> str:
 
 def call(live: Live, method: str, path: str, headers: dict[str, str],
          decision_id: str) -> requests.Response:
-    url = live.base + path.replace("{decision_id}", decision_id)
+    if "{sha256}" in path:  # the active ruleset's, archived by the decision made first
+        active = live.session.get(live.base + "/v1/ruleset", headers=auth("all"), timeout=60)
+        path = path.replace("{sha256}", active.json()["sha256"])
+    query = "?from=0&to=1" if path == "/v1/log/consistency" else ""
+    url = live.base + path.replace("{decision_id}", decision_id) + query
     body: Any = None
     if path == "/v1/decisions/batch":
         body = json.dumps({"items": [CAR]})

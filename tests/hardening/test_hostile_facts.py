@@ -41,7 +41,8 @@ SLOW = "slow"
 # function_scoped_fixture: `steady_workers` is meant to wrap all examples of a test.
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
           HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture]
-VOLATILE = ("decision_id", "evaluated_at", "duration_ms")
+# Not part of the decision: its id, timing, and the receipt of its logging.
+VOLATILE = ("decision_id", "evaluated_at", "duration_ms", "receipt")
 TODAY = datetime.date(2026, 7, 1)
 
 _SEG = r"[A-Za-z0-9_$@-]{1,64}"

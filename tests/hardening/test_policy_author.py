@@ -26,7 +26,8 @@ from tests.api.conftest import CAR, SHORT_SALE, facts
 from .conftest import Figures, Live
 
 HOSTILE_FILE = "zz-hostile.yaml"
-VOLATILE = ("decision_id", "evaluated_at", "duration_ms")
+# Not part of the decision: its id, timing, and the receipt of its logging.
+VOLATILE = ("decision_id", "evaluated_at", "duration_ms", "receipt")
 COVERED: list[str] = []
 
 
