@@ -87,13 +87,17 @@ class LogReads:
                 "inclusion_proof": [b64(h) for h in tree.inclusion(index, size)]}
 
     def receipt(self, decision_id: str) -> dict[str, Any] | None:
-        """A recorded decision's receipt against the latest kept checkpoint (as a 201
-        answer carries it), or None when the decision or a checkpoint covering it is
-        not there."""
+        """The receipt a recorded decision's 201 answer carried: its inclusion proof in
+        the first kept checkpoint that covers it (its commit group's), so that an
+        idempotent replay answers exactly as the first time. None when the decision,
+        or a checkpoint covering it, is not there."""
         with self._read() as connection:
-            row = connection.execute(
+            seq = connection.execute(sa.select(_records.c.seq)
+                                     .where(_records.c.decision_id == decision_id)).scalar()
+            row = None if seq is None else connection.execute(
                 sa.select(_checkpoints.c.tree_size, _checkpoints.c.note)
-                .order_by(_checkpoints.c.tree_size.desc()).limit(1)).first()
+                .where(_checkpoints.c.tree_size >= seq)
+                .order_by(_checkpoints.c.tree_size).limit(1)).first()
         if row is None:
             return None
         try:
