@@ -97,7 +97,8 @@ def test_default_policy_is_clean_and_fast(rules: Path) -> None:
     assert code == 0 and doc["ok"] is True
     assert doc["findings"] == [] and doc["problems"] == []
     assert doc["ruleset"]["analysis"]["seconds"] < 10
-    assert doc["ruleset"]["analysis"]["questions"] > 40  # gaps + conflicts + every rule
+    # gaps + every rule's shadowing + the equal-priority pairs that can match together
+    assert doc["ruleset"]["analysis"]["questions"] >= 35
 
 
 # --------------------------------------------------------------------------- gaps

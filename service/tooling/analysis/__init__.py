@@ -50,10 +50,20 @@ set can confirm it). The search is bounded by a node budget per question and a
 time budget overall; a question that runs out is reported as an "analysis
 incomplete" warning, never as a finding.
 
+Scaling: rules that require different values of one enumerated fact (one rule per
+state × method, say) never match the same facts. `partition` reads those
+requirements off the conditions, and each question only ever evaluates the rules that
+can still match at a node of its search (and skips pairs of rules that never match
+together), so a policy of a few hundred such rules costs about linearly more than a
+small one. Only rules whose conditions are false where they are dropped are dropped,
+so the findings are those of asking every rule everywhere (`exhaustive=True`,
+compared by the tests).
+
 Parts: `domain` (the fact paths, amounts), `representatives` (with `piecewise`),
 `conditions` (three-valued evaluation, `values`), `stages` (views of earlier
 stages, assumptions), `search` (the Analyzer), `regions` (concrete facts, text),
-the questions `gaps`, `conflicts`, `shadowed`; `limits` holds the budgets.
+the questions `gaps`, `conflicts`, `shadowed`, `partition` (which rules can matter
+where); `limits` holds the budgets.
 """
 
 from __future__ import annotations
@@ -71,11 +81,14 @@ from .shadowed import find_shadowed
 __all__ = ["NODE_BUDGET", "TIME_BUDGET", "Analyzer", "Finding", "analyse"]
 
 
-def analyse(rs: Ruleset, *, time_budget: float = TIME_BUDGET,
-            node_budget: int = NODE_BUDGET) -> tuple[list[Finding], dict]:
-    """Gaps, conflicts and shadowed rules of a loaded ruleset, and run statistics."""
+def analyse(rs: Ruleset, *, time_budget: float = TIME_BUDGET, node_budget: int = NODE_BUDGET,
+            exhaustive: bool = False) -> tuple[list[Finding], dict]:
+    """Gaps, conflicts and shadowed rules of a loaded ruleset, and run statistics.
+    `exhaustive`: ask about every rule everywhere, without the partition by enumerated
+    values (slower; the same findings)."""
     started = time.monotonic()
-    an = Analyzer(rs, node_budget=node_budget, time_budget=time_budget)
+    an = Analyzer(rs, node_budget=node_budget, time_budget=time_budget,
+                  exhaustive=exhaustive)
     try:
         findings = find_gaps(an) + find_conflicts(an) + find_shadowed(an)
     finally:

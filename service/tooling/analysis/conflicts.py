@@ -15,6 +15,7 @@ from ...engine.resolver import OutputError, Resolution, json_value, resolve_stag
 from ...policy.model import Literal, Rule
 from .finding import Finding, out_of_budget
 from .limits import MAX_UNCONFIRMED
+from .partition import Partition, disjoint
 from .regions import concretize
 from .rules import output_value, scalar_paths
 from .search import Analyzer, OutOfBudget
@@ -27,8 +28,9 @@ def find_conflicts(an: Analyzer) -> list[Finding]:
         k = an.stage_index[stage]
         rules = an.sorted_rules[stage]
         for r1, r2 in itertools.combinations(rules, 2):
-            if r1.priority != r2.priority:
-                continue
+            if r1.priority != r2.priority or disjoint(an.requirement.of(r1),
+                                                      an.requirement.of(r2)):
+                continue  # a tie needs equal priorities, and facts both rules match
             common = [p for p in scalar_paths(r1) if r2.sets(p)]
             common = [p for p in common
                       if not (isinstance(output_value(r1, p), Literal)
@@ -47,7 +49,12 @@ def find_conflicts(an: Analyzer) -> list[Finding]:
 
 def _conflict(an: Analyzer, k: int, stage: str, r1: Rule, r2: Rule,
               paths: list[str]) -> Finding | None:
-    higher = {p: [h for h in an.sorted_rules[stage] if h.priority > r1.priority and h.sets(p)]
+    both = {**an.requirement.of(r1), **an.requirement.of(r2)}  # (not disjoint: see above)
+    for path in set(an.requirement.of(r1)) & set(an.requirement.of(r2)):
+        both[path] = an.requirement.of(r1)[path] & an.requirement.of(r2)[path]
+    higher = {p: Partition([h for h in an.sorted_rules[stage]
+                            if h.priority > r1.priority and h.sets(p)
+                            and not disjoint(both, an.requirement.of(h))], an.requirement)
               for p in paths}
     c1, c2 = an.conditions.cond(r1.when), an.conditions.cond(r2.when)
     an.representatives.set_scope(k, True)
@@ -68,7 +75,7 @@ def _conflict(an: Analyzer, k: int, stage: str, r1: Rule, r2: Rule,
         for p in paths:
             p_need = None
             masked = False
-            for h in higher[p]:
+            for h in higher[p].live(node.sigma):  # those not already false at this node
                 sh = an.conditions.cond(h.when)(view)
                 if sh is True:
                     masked = True
@@ -113,7 +120,7 @@ def _conflict(an: Analyzer, k: int, stage: str, r1: Rule, r2: Rule,
             return None
         differing = []
         for p in paths:
-            if any(holds(h.when, ctx, an.rs) for h in higher[p]):
+            if any(holds(h.when, ctx, an.rs) for h in higher[p].rules):
                 continue
             fn1 = {o[0]: o[1] for o in an.plans[r1].outputs}[p]
             fn2 = {o[0]: o[1] for o in an.plans[r2].outputs}[p]

@@ -9,6 +9,7 @@ from typing import Any
 from ...policy.schema import NO_RULE_DECIDED
 from .finding import Finding, out_of_budget
 from .limits import GAP_LISTING_SECONDS, GAP_REGIONS_SHOWN, MAX_GAP_REGIONS, MAX_UNCONFIRMED
+from .partition import Partition
 from .regions import concretize, merge_regions, region_json, region_of, region_text
 from .search import Analyzer, OutOfBudget
 from .stages import Node
@@ -18,8 +19,9 @@ def find_gaps(an: Analyzer) -> list[Finding]:
     rs = an.rs
     stage = rs.decision_stage
     k = an.stage_index[stage]
-    deciders = [r for r in an.sorted_rules[stage] if r.sets("outcome.bearer")]
-    conds = [an.conditions.cond(r.when) for r in deciders]
+    deciders = Partition([r for r in an.sorted_rules[stage] if r.sets("outcome.bearer")],
+                         an.requirement)
+    cond = an.conditions.cond
     an.representatives.set_scope(k, False)
     found: list[tuple[dict, dict]] = []
     unconfirmed = [0]
@@ -29,8 +31,8 @@ def find_gaps(an: Analyzer) -> list[Finding]:
     def goal(node: Node) -> Any:
         view = node.view(k)
         need = None
-        for c in conds:
-            st = c(view)
+        for r in deciders.live(node.sigma):  # those not already false at this node
+            st = cond(r.when)(view)
             if st is True:
                 return False
             if st is not False:

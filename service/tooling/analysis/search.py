@@ -12,6 +12,7 @@ from ...policy.model import Ruleset
 from .conditions import Conditions
 from .domain import Domain
 from .limits import NODE_BUDGET, TIME_BUDGET
+from .partition import Partition, Requirement
 from .representatives import Representatives
 from .stages import Node, Stages
 
@@ -26,7 +27,7 @@ class Analyzer:
     findings, and the budgets shared by its questions."""
 
     def __init__(self, rs: Ruleset, *, node_budget: int = NODE_BUDGET,
-                 time_budget: float = TIME_BUDGET) -> None:
+                 time_budget: float = TIME_BUDGET, exhaustive: bool = False) -> None:
         self.rs = rs
         self.node_budget = node_budget
         self.deadline = time.monotonic() + time_budget
@@ -43,6 +44,11 @@ class Analyzer:
         self.conditions = Conditions(rs, self.domain)
         self.stages = Stages(rs, self.domain, self.conditions, self.sorted_rules, self.plans)
         self.representatives = Representatives(rs, self.domain, self.stage_index)
+        self.requirement = Requirement(self.domain, exhaustive=exhaustive)
+        self.partitions = {s: Partition(rules, self.requirement)
+                           for s, rules in self.sorted_rules.items()}
+        #: A rule's place in its stage's resolution order.
+        self.rank = {r: i for rules in self.sorted_rules.values() for i, r in enumerate(rules)}
 
     def _tick(self) -> None:
         self.nodes += 1

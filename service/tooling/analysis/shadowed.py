@@ -10,6 +10,7 @@ from typing import Any
 from ...policy.model import Rule
 from .finding import Finding, out_of_budget
 from .limits import MAX_UNCONFIRMED
+from .partition import Partition
 from .regions import concretize
 from .rules import scalar_paths
 from .search import Analyzer, OutOfBudget
@@ -53,8 +54,12 @@ def find_shadowed(an: Analyzer) -> list[Finding]:
 def _shadowed(an: Analyzer, k: int, stage: str, rule: Rule) -> Finding | None:
     # The rules resolved before it: higher priority, or equal priority and earlier in
     # the files (an equal-priority rule that already holds an output keeps it).
-    before = an.sorted_rules[stage][:an.sorted_rules[stage].index(rule)]
-    outs = [(p, [h for h in before if h.sets(p)]) for p in scalar_paths(rule)]
+    # Only the rules resolved before it that can match where it matches can shadow it.
+    rank = an.rank[rule]
+    before = [h for h in an.partitions[stage].compatible(an.requirement.of(rule))
+              if an.rank[h] < rank]
+    outs = [(p, Partition([h for h in before if h.sets(p)], an.requirement))
+            for p in scalar_paths(rule)]
     c = an.conditions.cond(rule.when)
     an.representatives.set_scope(k, False)
     shadowers: dict[str, Rule] = {}
@@ -72,7 +77,7 @@ def _shadowed(an: Analyzer, k: int, stage: str, rule: Rule) -> Finding | None:
         for _path, hs in outs:
             covered = False
             open_needs = []
-            for h in hs:
+            for h in hs.live(node.sigma):  # those not already false at this node
                 sh = an.conditions.cond(h.when)(view)
                 if sh is True:
                     covered = True
