@@ -30,6 +30,9 @@ class Pos(tuple):
     def __new__(cls, file: str, line: int, column: int) -> Pos:
         return super().__new__(cls, (file, line, column))
 
+    def __getnewargs__(self) -> tuple[str, int, int]:  # pickled (a check run apart)
+        return (self[0], self[1], self[2])
+
     @property
     def file(self) -> str:
         return self[0]

@@ -78,8 +78,9 @@ Checker = Callable[[Path], tuple[list[Problem], str | None]]
 
 
 def full_check(directory: Path) -> tuple[list[Problem], str | None]:
-    """Every problem `deficiency check` reports, and the sha256 of what it checked."""
-    problems, summary, _findings = check_ruleset(str(directory))
+    """Every problem `deficiency check` reports, and the sha256 of what it checked. The
+    analysis runs in a process of its own: decisions go on meanwhile at full speed."""
+    problems, summary, _findings = check_ruleset(str(directory), isolated=True)
     return problems, (summary or {}).get("sha256")
 
 

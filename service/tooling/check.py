@@ -19,10 +19,15 @@ from ..policy.loader import PolicyError, Problem, load_ruleset
 from ..policy.yamlsafe import Pos
 
 
-def check_ruleset(directory: str, *, analyse: bool = True,
-                  time_budget: float | None = None) -> tuple[list[Problem], dict, list]:
+def check_ruleset(directory: str, *, analyse: bool = True, time_budget: float | None = None,
+                  isolated: bool = False) -> tuple[list[Problem], dict, list]:
     """All problems (errors and warnings), a summary of the ruleset and the analysis
-    findings (`analysis.Finding`, each also listed among the problems)."""
+    findings (`analysis.Finding`, each also listed among the problems).
+
+    `isolated`: the analysis runs in a process of its own (`analyse_apart`), so that a
+    server worker checking a candidate on reload keeps deciding at full speed; the
+    summary's sha256 is then the one the analysed files had (a different one means
+    the files changed under the check)."""
     from ..engine.runtime import DurableMatcher, EngineError
 
     try:
@@ -40,11 +45,53 @@ def check_ruleset(directory: str, *, analyse: bool = True,
     from . import analysis
 
     kwargs = {} if time_budget is None else {"time_budget": time_budget}
-    findings, stats = analysis.analyse(rs, **kwargs)
+    if isolated:
+        summary["sha256"], findings, stats = analyse_apart(directory, kwargs)
+    else:
+        findings, stats = analysis.analyse(rs, **kwargs)
     summary["analysis"] = stats
     problems = [Problem(f.pos or Pos(rs.directory, 0, 0), f.message, severity=f.severity)
                 for f in findings]
     return problems, summary, findings
+
+
+def analyse_apart(directory: str, kwargs: dict) -> tuple[str, list, dict]:
+    """`_analyse_directory` in a spawned process (its own interpreter: the analysis is
+    CPU-bound Python, which would otherwise share this process's interpreter lock with
+    the requests it serves). When no process can be started, in this one; when the
+    process dies, its findings are one error (so the candidate is refused, never
+    accepted unexamined)."""
+    import concurrent.futures
+    import multiprocessing
+
+    from .analysis import Finding
+
+    try:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"))
+    except OSError:
+        return _analyse_directory(directory, kwargs)
+    with pool:
+        try:
+            return pool.submit(_analyse_directory, directory, kwargs).result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            failed = Finding("incomplete", "error", "",
+                             f"the analysis' process failed ({exc}); the ruleset was not "
+                             "analysed")
+            return load_ruleset(directory).sha256, [failed], {}
+
+
+def _analyse_directory(directory: str, kwargs: dict) -> tuple[str, list, dict]:
+    """The analysis of the ruleset in `directory`: (its sha256, findings, statistics).
+    A ruleset that no longer loads is reported as a changed content (sha256 "")."""
+    from . import analysis
+
+    try:
+        rs = load_ruleset(directory)
+    except (PolicyError, OSError):
+        return "", [], {}
+    findings, stats = analysis.analyse(rs, **kwargs)
+    return rs.sha256, findings, stats
 
 
 def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout, *,

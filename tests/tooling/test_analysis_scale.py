@@ -13,6 +13,7 @@ import pytest
 from bench.large_policy import write_policy
 from service.policy.loader import load_ruleset
 from service.tooling.analysis import analyse
+from service.tooling.check import check_ruleset
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
@@ -129,3 +130,15 @@ def test_a_generated_state_policy_gets_the_same_findings(tmp_path: Path, size: i
     assert partitioned == _findings(policy, exhaustive=True)
     # Each state × method's 1- and 2-unit rules are below its 4-unit one.
     assert sum(kind == "shadowed" for kind, *_ in partitioned) >= size * 2 // 3 - 2
+
+
+def test_a_check_run_apart_reports_what_a_check_in_process_reports(tmp_path: Path) -> None:
+    # A server worker analyses a candidate in a process of its own (decisions go on
+    # meanwhile); everything it reports, positions included, must come back intact.
+    policy = _state_policy(tmp_path)
+    here, summary, _ = check_ruleset(str(policy), time_budget=600.0)
+    apart, summary_apart, _ = check_ruleset(str(policy), time_budget=600.0, isolated=True)
+    assert [(str(p.pos), p.message, p.severity) for p in apart] == \
+        [(str(p.pos), p.message, p.severity) for p in here]
+    assert summary_apart["sha256"] == summary["sha256"]
+    assert any(p.pos.line > 0 for p in apart)
