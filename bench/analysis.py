@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[0] = str(ROOT)  # not bench/: its http.py would hide the standard library's
 
 from bench.large_policy import write_policy  # noqa: E402
 from service.tooling.analysis.limits import TIME_BUDGET  # noqa: E402
@@ -57,17 +57,33 @@ def analysis_times(sizes: list[int], tmp: Path) -> None:
               f"{stats.get('questions', 0):>10} {stats.get('nodes', 0):>8}  {result}")
 
 
-def reload_stall(size: int, threads: int, seconds: float, tmp: Path) -> None:
+def reload_stall(size: int, threads: int, seconds: float, tmp: Path, apart: bool) -> None:
+    """Decisions on `threads` threads of one app, before and during a reload whose
+    candidate is analysed apart (as the service does) or in the worker's process."""
+    import logging
+
     from service.api import create_app
     from service.config import AuditConfig, Config, RulesConfig, ServerConfig
+    from service.serving import active_ruleset
 
-    rules = tmp / "serving-rules"
+    logging.getLogger("deficiency").setLevel(logging.ERROR)  # the candidate's warnings
+    original = active_ruleset.full_check
+    if not apart:
+        active_ruleset.full_check = _in_process
+    mode = "apart" if apart else "here"
+    rules = tmp / f"serving-rules-{mode}"
     write_policy(size, rules, ROOT / "rules")
+    generated = rules / "generated.yaml"  # a content of its own: never checked before
+    generated.write_text(f"# {mode}\n" + generated.read_text())
     config = Config(server=ServerConfig(access_log=False), rules=RulesConfig(rules),
-                    audit=AuditConfig(f"sqlite:///{tmp}/audit/audit.db"))
+                    audit=AuditConfig(f"sqlite:///{rules}-audit/audit.db"))
     started = time.monotonic()
-    app = create_app(config, watch_interval=0)
-    print(f"\nreload under load: app with the default rules and {size} generated ones built in "
+    try:
+        app = create_app(config, watch_interval=0)
+    finally:
+        active_ruleset.full_check = original  # (bound by the app already)
+    print(f"\nreload under load, candidate analysed {'apart' if apart else 'in the worker'}: "
+          f"app with the default rules and {size} generated ones built in "
           f"{time.monotonic() - started:.1f} s; {threads} threads deciding")
     svc = app.extensions["deficiency"]
     body = json.dumps(CAR)
@@ -90,7 +106,6 @@ def reload_stall(size: int, threads: int, seconds: float, tmp: Path) -> None:
     time.sleep(seconds)
     quiet_to = time.monotonic()
     # A new content: the same rules, one description changed (a new sha256: checked again).
-    generated = rules / "generated.yaml"
     generated.write_text(generated.read_text().replace("generated rule 0\n",
                                                        "generated rule zero\n", 1))
     reload_from = time.monotonic()
@@ -111,8 +126,17 @@ def reload_stall(size: int, threads: int, seconds: float, tmp: Path) -> None:
                 f" ms, p99 {p99 * 1000:7.1f} ms, max {xs[-1] * 1000:7.1f} ms")
 
     print(f"  quiet  ({quiet_to - quiet_from:4.1f} s): {window(quiet_from, quiet_to)}")
+    buckets = [sum(1 for at, _d in latencies if reload_from + i * 0.5 <= at
+                   < reload_from + (i + 1) * 0.5)
+               for i in range(int((reload_to - reload_from) / 0.5) + 1)]
+    print(f"  decisions per 0.5 s during the reload: {buckets}")
     print(f"  reload ({reload_to - reload_from:4.1f} s): {window(reload_from, reload_to)}"
-          f"  -> {result.status}")
+          f"  -> {'switched' if result.changed else 'unchanged'}")
+
+
+def _in_process(directory: Path) -> tuple[list, str | None]:
+    problems, summary, _findings = check_ruleset(str(directory))
+    return problems, (summary or {}).get("sha256")
 
 
 def main() -> None:
@@ -127,7 +151,9 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         analysis_times(sizes, Path(tmp))
         if not args.skip_reload:
-            reload_stall(max(sizes, default=900), args.threads, args.seconds, Path(tmp))
+            for apart in (False, True):
+                reload_stall(max(sizes, default=900), args.threads, args.seconds, Path(tmp),
+                             apart)
 
 
 if __name__ == "__main__":
