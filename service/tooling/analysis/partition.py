@@ -77,16 +77,33 @@ class Requirement:
         return found
 
 
+def _best_key(required: Sequence[Requirements]) -> str | None:
+    """The path whose values split the rules most finely: the fewest rules left to look
+    at, summed over the values (a rule without the path is left for every value)."""
+    best, best_cost = None, None
+    for path in {p for req in required for p in req}:
+        by_value: Counter = Counter()
+        free = 0
+        for req in required:
+            if path in req:
+                by_value.update(req[path])
+            else:
+                free += 1
+        cost = sum(n * n for n in by_value.values()) + free * len(required)
+        if best_cost is None or cost < best_cost or (cost == best_cost and path < best):
+            best, best_cost = path, cost
+    return best
+
+
 class Partition:
-    """A list of rules, indexed by the value each requires of the path most of them
-    constrain: `live(sigma)` is the sub-list (in the original order) of the rules not
+    """A list of rules, indexed by the value each requires of the path that splits them
+    most finely: `live(sigma)` is the sub-list (in the original order) of the rules not
     already false at a node because of an enumerated value it fixed."""
 
     def __init__(self, rules: Sequence[Rule], requirement: Requirement) -> None:
         self.rules = list(rules)
         self._required = [requirement.of(r) for r in self.rules]
-        counts = Counter(path for req in self._required for path in req)
-        self._key = counts.most_common(1)[0][0] if counts else None
+        self._key = _best_key(self._required)
         self._by_value: dict[Any, list[int]] = {}
         self._free: list[int] = []
         for index, req in enumerate(self._required):

@@ -42,11 +42,12 @@ class Analyzer:
         self.skipped: list[str] = []  # questions not started: the time budget ran out
         self.domain = Domain(rs)
         self.conditions = Conditions(rs, self.domain)
-        self.stages = Stages(rs, self.domain, self.conditions, self.sorted_rules, self.plans)
         self.representatives = Representatives(rs, self.domain, self.stage_index)
         self.requirement = Requirement(self.domain, exhaustive=exhaustive)
         self.partitions = {s: Partition(rules, self.requirement)
                            for s, rules in self.sorted_rules.items()}
+        self.stages = Stages(rs, self.domain, self.conditions, self.sorted_rules, self.plans,
+                             self.partitions)
         #: A rule's place in its stage's resolution order.
         self.rank = {r: i for rules in self.sorted_rules.values() for i, r in enumerate(rules)}
 

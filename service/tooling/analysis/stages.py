@@ -19,6 +19,7 @@ from ...policy.model import Literal, Rule, Ruleset
 from .conditions import Conditions
 from .domain import Domain
 from .limits import MAX_OUTPUT_SPLIT, MAX_WINNER_SPLIT
+from .partition import Partition
 from .piecewise import to_num
 from .rules import output_value, rule_leaves
 from .values import ANY, CENT, Range, union
@@ -119,8 +120,10 @@ class Stages:
     """Builds the views of a node, stage by stage, and checks the node's assumptions."""
 
     def __init__(self, rs: Ruleset, domain: Domain, conditions: Conditions,
-                 sorted_rules: dict[str, list[Rule]], plans: Any) -> None:
+                 sorted_rules: dict[str, list[Rule]], plans: Any,
+                 partitions: dict[str, Partition]) -> None:
         self.rs = rs
+        self._partitions = partitions  # per stage: which rules can still match at a node
         self.domain = domain
         self.path_class = domain.path_class
         self.conditions = conditions
@@ -193,7 +196,9 @@ class Stages:
         base = node.view(k - 1)
         stage = self.rs.stages[k - 1]
         rules = self.sorted_rules[stage]
-        status = [self.conditions.cond(r.when)(base) for r in rules]
+        live = set(self._partitions[stage].live(node.sigma))  # the others are false here
+        cond = self.conditions.cond
+        status = [cond(r.when)(base) if r in live else False for r in rules]
         decision = stage == self.rs.decision_stage
         appends_matter = self._reads_decided_by[stage]
         exact, need = base.exact, None
