@@ -157,6 +157,9 @@ class _Builder:
         self.dates: dict[str, datetime.date] = {}
         self.lists: dict[str, tuple] = {}
         self.tables: dict[str, dict[str, Decimal]] = {}
+        #: Where each entry of a list or table constant is written (its key, its item).
+        self.entry_pos: dict[str, dict[str, Pos]] = {}
+        self._reported_entries: set[tuple[str, str]] = set()  # a bad entry: said once
         self.presets: dict[str, PosDict] = {}
         self.stages: tuple[str, ...] = ()
         self.var_kinds: dict[str, tuple[str, Pos]] = {}
@@ -335,6 +338,8 @@ class _Builder:
                     self.err(vpos, f"constant {name}: a list constant holds text values")
                 else:
                     self.lists[name] = tuple(value)
+                    self.entry_pos[name] = {v: p for v, p in zip(value, value.item_pos,
+                                                                 strict=True)}
             elif isinstance(value, PosDict):
                 table: dict[str, Decimal] = {}
                 for k, v in value.items():
@@ -346,6 +351,7 @@ class _Builder:
                     table[k] = Decimal(v)
                 else:
                     self.tables[name] = table
+                    self.entry_pos[name] = {k: value.key_pos[k] for k in value}
             else:
                 self.err(vpos, f"constant {name}: text constants are not supported; "
                          "write the text where it is used")
@@ -541,6 +547,8 @@ class _Builder:
         if op in (IN, NOT_IN):
             if isinstance(value, str) and value in (self.lists.keys() | self.tables.keys()):
                 values = tuple(self.lists.get(value) or self.tables[value].keys())
+                return Leaf(path, op, self._constant_entries(path, kind, enum, value, values, pos),
+                            False, kind, pos)
             elif isinstance(value, PosList) and value:
                 values = tuple(value)
             else:
@@ -568,6 +576,26 @@ class _Builder:
                             True, kind, pos)
             return Leaf(path, op, self._literal(path, kind, enum, value, pos), False, kind, pos)
         return Leaf(path, op, self._literal(path, kind, enum, value, pos), False, kind, pos)
+
+    def _constant_entries(self, path: str, kind: str, enum: tuple | None, name: str,
+                          values: tuple, used: Pos) -> tuple:
+        """The entries of constant `name` as literals of `path`; a bad entry is reported
+        where it is written (once, however many rules use the constant), and left out
+        (the ruleset is rejected anyway, and its rules are validated on)."""
+        if len(values) > MAX_CONSTANTS_PER_FIELD:
+            raise _Fail(used, f"constant {name} has more than {MAX_CONSTANTS_PER_FIELD} "
+                              f"entries for {path}")
+        literals = []
+        for entry in values:
+            where = self.entry_pos.get(name, {}).get(entry, used)
+            try:
+                literals.append(self._literal(path, kind, enum, entry, where))
+            except _Fail as exc:
+                if (name, entry) not in self._reported_entries:
+                    self._reported_entries.add((name, entry))
+                    self.err(exc.problem.pos, f"constant {name}: {exc.problem.message} "
+                             f"(used for {path} at {used})", exc.problem.hint)
+        return tuple(literals)
 
     def _literal(self, path: str, kind: str, enum: tuple | None, value: Any, pos: Pos) -> Any:
         if kind in ("enum", "jurisdiction", "string"):

@@ -160,8 +160,11 @@ def test_equal_priority_rules_setting_different_values_conflict(rules: Path) -> 
     assert code == 1, text
     line = next(ln for ln in text.splitlines() if "error: conflict:" in ln)
     assert "consumer-goods-default" in line and "consumer-goods-write-off" in line
-    assert "priority 110" in line and "outcome.action" in line
-    assert "'pursue_deficiency' vs 'write_off'" in line
+    assert "same priority (110, stage bearer)" in line and "outcome.action" in line
+    # The later rule (the one just written) first, and the fix.
+    assert line.index("consumer-goods-write-off") < line.index("consumer-goods-default")
+    assert "'write_off' vs 'pursue_deficiency'" in line
+    assert "Give one of them another priority" in line and "reference evaluator" not in text
     raw = example_after(text)
     res = evaluate(rules, raw)
     entries = {e["rule"]: e for e in res.trace if e["stage"] == "bearer"}
@@ -221,6 +224,23 @@ def test_disjoint_equal_priority_rules_do_not_conflict(rules: Path) -> None:
 
 
 # --------------------------------------------------------------------------- load errors
+
+
+def test_a_bad_constant_key_is_reported_where_it_is_written(rules: Path) -> None:
+    ruleset = rules / "ruleset.yaml"
+    text = ruleset.read_text()
+    ruleset.write_text(text.replace("  judgment_limit_days:\n", "  judgment_limit_days:\n"
+                                    "    QQ: 1\n", 1))
+    line = next(n for n, ln in enumerate(ruleset.read_text().splitlines(), 1)
+                if ln.strip() == "QQ: 1")
+    code, out = check(rules)
+    assert code == 1
+    errors = [ln for ln in out.splitlines() if ": error: " in ln]
+    # Once, at the key, however many rules use the table; the use named in passing.
+    assert len(errors) == 1, out
+    assert errors[0].startswith(f"{ruleset}:{line}:5: error: constant judgment_limit_days: "
+                                "jurisdiction: 'QQ' is not one of")
+    assert "(used for jurisdiction at " in errors[0]
 
 
 def test_typo_in_an_enum_value_points_at_file_line_column(rules: Path) -> None:

@@ -144,14 +144,18 @@ def _conflict(an: Analyzer, k: int, stage: str, r1: Rule, r2: Rule,
                            [r1.id, r2.id], r2.pos)
         return None
     raw, differing = result[0]
-    shown = "; ".join(f"{p}: {json_value(v1)!r} vs {json_value(v2)!r}"
+    # The later rule first: it is usually the one just written.
+    shown = "; ".join(f"{p}: {json_value(v2)!r} vs {json_value(v1)!r}"
                       for p, v1, v2 in differing)
-    message = (f"conflict: rules {r1.id} ({r1.pos}) and {r2.id} ({r2.pos}) both have priority "
-               f"{r1.priority} in stage {stage}, can match the same facts and set different "
-               f"values ({shown})")
+    paths = ", ".join(p for p, _a, _b in differing)
+    message = (f"conflict: rule {r2.id} ({r2.pos}) and rule {r1.id} ({r1.pos}) have the same "
+               f"priority ({r1.priority}, stage {stage}) and both match the example facts, but "
+               f"set {paths} differently ({shown}); only {r1.id}, earlier in the files, "
+               f"applies. Give one of them another priority, or make their conditions "
+               "exclusive")
     return Finding("conflict", "error", stage, message, [r1.id, r2.id], r2.pos, [], raw,
-                   [f"the reference evaluator matches both rules on the example facts "
-                    f"({', '.join(p for p, _a, _b in differing)} differ)"])
+                   [f"deciding the example facts, the service matches both rules ({paths} "
+                    "differ)"])
 
 
 def _stage_context(an: Analyzer, facts: dict, stage: str) -> dict:
