@@ -57,3 +57,45 @@ def test_a_log_of_the_previous_release_gets_its_tree_and_a_signed_checkpoint(
     with open_store(f"sqlite:///{path}", signer=signer) as again:
         assert again.latest_checkpoint().split("\n")[1] == "84"
     assert (tmp_path / "checkpoints.jsonl").read_text().count("\n") == 2
+
+
+def test_a_postgresql_log_of_the_previous_release_gets_its_tree(
+        pg_url: str, tmp_path: Path) -> None:
+    """The same 83 records, written into a PostgreSQL log at revision 0001 (as the
+    previous release left it), then opened by this release."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from service.audit.migrate import MIGRATIONS
+
+    engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1)
+                              if pg_url.startswith("postgresql://") else pg_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    columns = ("seq, decision_id, recorded_at, loan_id, ruleset_name, ruleset_version, "
+               "ruleset_sha256, facts, decision, trace, duration_ms, idempotency_key, "
+               "request_hash, prev_hash, hash")
+    with sqlite3.connect(RELEASE_LOG) as old:
+        rows = old.execute(f"SELECT {columns} FROM audit_records ORDER BY seq").fetchall()
+        head = old.execute("SELECT seq, hash FROM audit_chain_head").fetchone()
+    names = [c.strip() for c in columns.split(",")]
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(f"INSERT INTO audit_records ({columns}) VALUES "
+                    f"({', '.join(':' + n for n in names)})"),
+            [dict(zip(names, (*row[:2], row[2] + "+00:00", *row[3:]), strict=True))
+             for row in rows])
+        connection.execute(sa.text("UPDATE audit_chain_head SET seq = :s, hash = :h"),
+                           {"s": head[0], "h": head[1]})
+    engine.dispose()
+    write_new_key(tmp_path / "key.pem")
+    signer = Signer.from_file(tmp_path / "key.pem")
+    with open_store(pg_url, signer=signer) as store:
+        _, frontier = merkle.append(0, [], [merkle.record_leaf(row[-1]) for row in rows])
+        assert store.tree_head() == (83, merkle.root_from_frontier(frontier))
+        result = store.verify(verifier=signer.verifier())
+        assert result.ok and result.checked == 83 and result.checkpoints_checked == 1
