@@ -356,7 +356,9 @@ def _components(config: Config) -> dict[str, Any]:
                     "rule": {"type": "string"},
                     "priority": {"type": "integer"},
                     "matched": {"type": "object",
-                                "description": "Each path the rule tested and its value."},
+                                "description": "Each path the rule tested and its value, "
+                                               "and each named constant it compared with "
+                                               "(`judgment_limit_days[CA]`: \"90\")."},
                     "applied": {"type": "boolean"},
                     "overridden_by": {"type": ["string", "null"]},
                     "set": {"type": "object"},

@@ -51,6 +51,30 @@ def read_paths(rule: Rule, rs: Ruleset) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def read_constants(rule: Rule, rs: Ruleset) -> tuple[tuple[str, str | None, Any], ...]:
+    """The named constants a rule's condition compares with, in first-seen order:
+    (name, None, its value) for a number or a date, (table, key path, the table) for
+    an entry chosen by a fact (`judgment_limit_days[jurisdiction]`)."""
+    seen: dict[tuple[str, str | None], Any] = {}
+    for leaf in walk_leaves(rule.when):
+        if not leaf.is_expr:
+            continue
+        for name in ex.refs(leaf.value):
+            value = rs.constant(name)
+            if value is not None:
+                seen.setdefault((name, None), value)
+        for lookup in ex.lookups(leaf.value):
+            seen.setdefault((lookup.table, lookup.key), rs.tables[lookup.table])
+    return tuple((name, key, value) for (name, key), value in seen.items())
+
+
+def _shown_constant(value: Any) -> Any:
+    """A constant as the trace shows it: a number as written (text, exact), a date ISO."""
+    if isinstance(value, Decimal):
+        return str(value)
+    return json_value(value)
+
+
 def _kind(path: str, rs: Ruleset) -> str:
     if path in OUTPUT_FIELDS:
         return OUTPUT_FIELDS[path][0]
@@ -181,7 +205,7 @@ _COMPUTED = object()
 class RulePlan:
     """What resolving a matched rule needs, prepared once per loaded ruleset."""
 
-    __slots__ = ("rule", "id", "priority", "rank", "reads", "outputs", "appends")
+    __slots__ = ("rule", "id", "priority", "rank", "reads", "constants", "outputs", "appends")
 
     def __init__(self, rule: Rule, rs: Ruleset) -> None:
         self.rule = rule
@@ -189,6 +213,7 @@ class RulePlan:
         self.priority = rule.priority
         self.rank = _rank(rule)
         self.reads = read_paths(rule, rs)
+        self.constants = read_constants(rule, rs)
         # (path, fn(ctx) -> value, the value's JSON form when it is a constant)
         self.outputs = tuple(
             (o.path, _value_fn(o.value, o.path, rs),
@@ -248,6 +273,13 @@ def resolve_stage(rs: Ruleset, stage: str, matched: list[Rule], res: Resolution,
             if v is _UNSEEN:
                 v = shown_values[p] = json_value(get(p))
             matched_values[p] = v
+        for name, key, value in plan.constants:  # and the constants compared with
+            if key is None:
+                matched_values[name] = _shown_constant(value)
+            else:
+                entry = get(key)
+                if entry in value:
+                    matched_values[f"{name}[{entry}]"] = _shown_constant(value[entry])
         priority = plan.priority
         overridden_by = None
         applied = False

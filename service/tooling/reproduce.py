@@ -4,7 +4,7 @@ The archive keeps each ruleset's files' exact text, so the ruleset is rebuilt fr
 them (its sha256 recomputed and compared), and the stored facts — `as_of`
 included, so the answer does not drift with the date — are decided again. Every
 field of the decision is compared except the ones that differ by nature: its id,
-when it was evaluated and how long it took.
+when it was evaluated and how long it took, and the trace (how it was reached).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from ..engine.decide import Decider
 from ..facts import validate_facts
 from ..policy.loader import load_ruleset, sources_digest
 
-#: Decision fields that are not the outcome: never compared.
-NOT_COMPARED = frozenset({"decision_id", "evaluated_at", "duration_ms", "receipt"})
+#: Decision fields that are not the outcome: never compared. The trace says how the
+#: outcome was reached, and its shape may grow between releases (the constants a rule
+#: read were added to it): what the rules decided is in the other fields.
+NOT_COMPARED = frozenset({"decision_id", "evaluated_at", "duration_ms", "receipt", "trace"})
 
 
 class ArchiveError(ValueError):
@@ -56,8 +58,8 @@ def decide_again(decider: Decider, record: Mapping[str, Any]) -> dict[str, Any]:
 
 def differences(record: Mapping[str, Any], again: Mapping[str, Any]) -> list[str]:
     """The decision fields (dotted, one level down) where `again` differs from the
-    recorded decision (its trace included), in a stable order."""
-    recorded = {**record["decision"], "trace": record["trace"]}
+    recorded decision, in a stable order."""
+    recorded = dict(record["decision"])
     names = sorted((set(recorded) | set(again)) - NOT_COMPARED)
     changed: list[str] = []
     for name in names:

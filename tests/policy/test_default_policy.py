@@ -70,3 +70,24 @@ def test_both_matchers_make_the_same_decisions() -> None:
         if a != b:
             differ.append(d.case.name)
     assert not differ, "durable and reference matchers decide differently:\n" + "\n".join(differ)
+
+
+def test_the_trace_shows_the_constants_a_rule_compared_with() -> None:
+    """An examiner reads `judgment_limit_days[CA] = 90` in the trace, not only the dates."""
+    from service.engine.decide import Decider
+    from service.facts import validate_facts
+    from service.policy.loader import load_ruleset
+
+    decider = Decider(load_ruleset(Path(__file__).resolve().parents[2] / "rules"))
+    try:
+        decision = decider.decide_facts(validate_facts({
+            "as_of": "2026-07-01", "jurisdiction": "CA",
+            "loan": {"id": "X1", "type": "mortgage", "unpaid_balance": "250000.00"},
+            "collateral": {"kind": "dwelling"},
+            "disposition": {"method": "judicial_foreclosure", "date": "2025-06-01",
+                            "proceeds": "200000.00"}}))
+    finally:
+        decider.close()
+    entries = {e["rule"]: e for e in decision["trace"]}
+    assert entries["time-barred"]["matched"]["judgment_limit_days[CA]"] == "90"
+    assert entries["tax-1099-c"]["matched"]["cod_reporting_threshold"] == "600.00"
