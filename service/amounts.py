@@ -118,3 +118,12 @@ def money_str(d: Decimal | int) -> str:
     if not value.is_finite():
         raise ValueError("money_str needs a finite amount")
     return format(_q(value), "f")
+
+
+def dollars(value: Decimal | str) -> str:
+    """A money amount as people read it: ``$1,234.56``, half-up to the cent; ``-$5.00``
+    below zero. The one spelling of money in explanations and `--explain`."""
+    q = _q(Decimal(value))
+    if q.is_signed():
+        return "$0.00" if q.is_zero() else f"-${-q:,.2f}"
+    return f"${q:,.2f}"

@@ -40,17 +40,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--junit", metavar="FILE", help="write JUnit XML")
     t.set_defaults(run=_delegate("service.commands.rules", "test_command"))
 
-    r = sub.add_parser("replay", help="re-decide logged facts with a candidate ruleset")
-    r.add_argument("--candidate", required=True, metavar="RULES")
-    r.add_argument("--config", metavar="FILE")
+    r = sub.add_parser(
+        "replay", help="re-decide logged facts with a candidate ruleset",
+        description="Decide the recorded decisions again with a candidate ruleset, each "
+                    "with its own stored facts and as_of, and report what would change. "
+                    "Only reads the audit log. See docs/rules.md, 'deficiency replay'.")
+    r.add_argument("--candidate", required=True, metavar="RULES",
+                   help="the ruleset directory to try (must pass `deficiency check`)")
+    r.add_argument("--config", metavar="FILE", help="configuration file, for audit.url "
+                                                   "(default: $DEFICIENCY_CONFIG or "
+                                                   "./config.yaml)")
     r.add_argument("--url", metavar="URL", help="audit store URL (default: from config)")
-    r.add_argument("--since", metavar="TIME")
-    r.add_argument("--until", metavar="TIME")
-    r.add_argument("--jurisdiction", action="append", metavar="CODE")
-    r.add_argument("--loan-type", action="append", metavar="TYPE")
-    r.add_argument("--ruleset-version", metavar="VERSION")
-    r.add_argument("--workers", type=int, metavar="N")
-    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--since", metavar="TIME", help="only decisions recorded at or after "
+                                                   "TIME (YYYY-MM-DD is midnight UTC, or "
+                                                   "RFC 3339 with an offset)")
+    r.add_argument("--until", metavar="TIME", help="only decisions recorded before TIME "
+                                                   "(exclusive; same forms as --since)")
+    r.add_argument("--jurisdiction", action="append", metavar="CODE",
+                   help="only decisions in this jurisdiction, e.g. NV (repeatable)")
+    r.add_argument("--loan-type", action="append", metavar="TYPE",
+                   help="only decisions on this loan type: auto, mortgage or "
+                        "other_secured (repeatable)")
+    r.add_argument("--ruleset-version", metavar="VERSION",
+                   help="only decisions made by this ruleset version")
+    r.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes, 1 to 256 (default: one per CPU)")
+    r.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text for people (default) or json (schema deficiency.replay/1)")
+    shown = r.add_mutually_exclusive_group()
+    shown.add_argument("--limit", type=int, metavar="N",
+                       help="list at most N changed decisions (default: 50); the counts "
+                            "and money always cover them all")
+    shown.add_argument("--all", action="store_true",
+                       help="list every changed decision (no --limit)")
     r.set_defaults(run=_delegate("service.commands.replay", "replay_command"))
 
     s = sub.add_parser("serve", help="run the HTTP service (granian)")

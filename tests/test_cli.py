@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,9 @@ def test_explain_prints_plain_language():
     text = proc.stdout.decode()
     assert "You owe $2,000.00" in text and "pursue_deficiency" in text
     assert "{" not in text.splitlines()[0]
+    # Money is spelled one way: the header as the explanation spells it.
+    assert "deficiency $2,000.00" in text and "borrower owes $2,000.00" in text
+    assert not re.search(r"(?<![$,\d.])\d+\.\d\d(?![\d.])", text), text
 
 
 @pytest.mark.parametrize("stdin, field", [

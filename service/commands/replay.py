@@ -2,7 +2,8 @@
 report (`service.tooling.replay`) as text or JSON (`--format json`).
 
 `--since`/`--until` take an ISO date (midnight UTC) or an RFC 3339 timestamp with an
-offset (a time without one is refused); `--until` is exclusive.
+offset (a time without one is refused); `--until` is exclusive. `--limit N` (default
+50) caps the changed decisions listed, in text and JSON alike; `--all` lists them all.
 
 Exit codes: 0 the report is complete; 1 the report is printed but some records
 could not be decided again (listed under failures); 2 the question could not be
@@ -21,10 +22,12 @@ from typing import TextIO
 from ..messages import first_and_more, one_line
 from ..timestamps import parse_timestamp
 from ..tooling.replay import (
+    DEFAULT_LIMIT,
     Filters,
     ReplayError,
     ReplayReport,
     load_candidate,
+    named_in,
     render_text,
     replay,
     report_json,
@@ -68,6 +71,16 @@ def filters_from_args(args: argparse.Namespace) -> Filters:
     return Filters(since, until, codes, types, version)
 
 
+def limit_from_args(args: argparse.Namespace) -> int | None:
+    """How many changed decisions to list: `--limit N`, all with `--all` (None)."""
+    if args.all:
+        return None
+    limit = DEFAULT_LIMIT if args.limit is None else args.limit
+    if limit < 0:
+        raise CliError("--limit: must be 0 or more (--all lists every change)")
+    return limit
+
+
 def _shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -92,6 +105,7 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
     if not 1 <= workers <= 256:
         raise CliError("--workers: must be from 1 to 256")
     filters = filters_from_args(args)
+    limit = limit_from_args(args)
     directory = Path(args.candidate)
     require_checked(directory, "candidate ruleset")
     try:
@@ -119,7 +133,7 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
         candidate_dir=str(directory),
         candidate={"name": rs.name, "version": rs.version, "sha256": rs.sha256},
         store=_shown_url(url), filters=filters, tally=tally,
-        seconds=time.perf_counter() - started)
+        seconds=time.perf_counter() - started, named=named_in(rs), limit=limit)
     if args.format == "json":
         out.write(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n")
     else:

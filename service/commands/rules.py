@@ -71,25 +71,29 @@ def _is_json_lines(data: bytes) -> bool:
 
 def explain_text(decision: dict) -> str:
     """A decision in plain language (`deficiency decide --explain`)."""
+    from ..amounts import dollars  # money spelled one way, as the explanation spells it
+
     o = decision["outcome"]
-    a = decision["amounts"]
+    a = {k: dollars(v) for k, v in decision["amounts"].items()}
     lines = [
         f"Loan {decision['loan_id']} - decision {decision['decision_id']} "
         f"as of {decision['as_of']}",
         f"Debt {a['debt']}, costs {a['costs']}, credits {a['credits']}, claim {a['claim']}, "
         f"sale proceeds {a['proceeds']}: deficiency {a['deficiency']}, surplus {a['surplus']}.",
-        f"Outcome: {o['bearer']} ({o['action']}); borrower owes {o['borrower_owes']}, "
-        f"lender absorbs {o['lender_absorbs']}, surplus to borrower {o['surplus_to_borrower']}"
+        f"Outcome: {o['bearer']} ({o['action']}); borrower owes {dollars(o['borrower_owes'])}, "
+        f"lender absorbs {dollars(o['lender_absorbs'])}, surplus to borrower "
+        f"{dollars(o['surplus_to_borrower'])}"
         + (f"; deadline {o['deadline']}" if o["deadline"] else "") + ".",
         f"Basis: {o['basis']}",
         "",
         *decision["explanation"],
     ]
     cr, tax = decision["credit_reporting"], decision["tax"]
-    lines += ["", f"Credit reporting: {cr['category']} (balance {cr['balance']})."]
+    lines += ["", f"Credit reporting: {cr['category']} (balance {dollars(cr['balance'])})."]
     if tax["form"]:
         code = f", event code {tax['event_code']}" if tax["event_code"] else ""
-        lines.append(f"Tax: Form {tax['form']}, canceled debt {tax['canceled_debt']}{code}.")
+        lines.append(f"Tax: Form {tax['form']}, canceled debt "
+                     f"{dollars(tax['canceled_debt'])}{code}.")
     else:
         lines.append("Tax: no information return.")
     lines += tax["notes"]

@@ -15,6 +15,7 @@ import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from ..amounts import dollars
 from ..policy import expr as ex
 from ..policy.model import Choice, Expr, Literal, Rule, Ruleset, Template, walk_leaves
 from ..policy.schema import NO_RULE_DECIDED, OUTPUT_FIELDS
@@ -173,12 +174,7 @@ def _placeholder(part: Any, rs: Ruleset):
     return computed
 
 
-def _amount(value: Decimal) -> str:
-    """$1,234.56, half-up to the cent; -$5.00 below zero."""
-    q = value.quantize(CENT, rounding=ROUND_HALF_UP)
-    if q.is_signed():
-        return "$0.00" if q.is_zero() else f"-${-q:,.2f}"
-    return f"${q:,.2f}"
+_amount = dollars
 
 
 def _format(value: Any, kind: str) -> str:

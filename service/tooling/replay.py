@@ -27,9 +27,15 @@ JSON report (`report_json`), schema ``deficiency.replay/1``::
       "filters": {"since": ts|null, "until": ts|null, "jurisdictions": [str],
                   "loan_types": [str], "ruleset_version": str|null},
       "scanned": int,                     # records read in the time window
+      "held": {                           # what those scanned records were about,
+                                          # before the other filters; "?" if absent
+        "jurisdictions": [{"jurisdiction": str, "records": int}],     # by code
+        "loan_types": [{"loan_type": str, "records": int}]            # by type
+      },
       "evaluated": int,                   # of those, matching the filters, re-decided
-      "changed": int,
+      "changed": int,                     # all changed decisions (see "changes")
       "failed": int,                      # facts that could not be decided again
+      "warnings": [str],                  # what the replay cannot show: below
       "changed_fields": {field: int},     # for each field of COMPARED, changed decisions
       "transitions": [{"from": bearer, "to": bearer, "count": int}],   # changed only;
                                           # count desc, then from, to
@@ -39,14 +45,23 @@ JSON report (`report_json`), schema ``deficiency.replay/1``::
                              "borrower_owes_delta": money,
                              "lender_absorbs_delta": money}]          # by code
       },
+      "changes_limit": int|null,          # --limit (default 50); null with --all
+      "changes_shown": int,               # len(changes); < changed when cut
       "changes": [{"decision_id": str, "loan_id": str, "jurisdiction": str,
                    "recorded_at": ts, "ruleset_version": str, "as_of": date,
                    "fields": [field],     # what differs, in COMPARED order
                    "old": {field: value}, "new": {field: value},   # all COMPARED fields
                    "rule": {"old": rule id|null, "new": rule id|null}}],  # deciding
-                                          # bearer rule; in log (seq) order
+                                          # bearer rule; in log (seq) order;
+                                          # the first changes_limit changes only
       "failures": [{"decision_id": str, "loan_id": str, "error": str}]
     }
+
+A *warning* names each jurisdiction and loan type that the candidate's rules
+name in a condition (`jurisdiction` or `loan.type` with eq or in) but that no
+evaluated record is in, unless the jurisdiction or loan-type filter left it out
+on purpose: "0 changed" then says nothing about it. The rule is simple on
+purpose: it does not know which of those names the change touches.
 
 Money is a string with two decimals (`"-1250.00"`), timestamps are the log's
 (`2026-01-31T12:00:00.000000Z`). `since` is inclusive, `until` exclusive, on the
@@ -69,9 +84,11 @@ from typing import Any
 
 from ..amounts import money_str
 from ..messages import one_line
+from ..policy.model import EQ, IN, walk_leaves
 
 SCHEMA = "deficiency.replay/1"
 CHUNK_SIZE = 500
+DEFAULT_LIMIT = 50  # changed decisions listed in a report unless told otherwise
 
 #: (report name, section of the decision, key): what a change is made of.
 COMPARED: tuple[tuple[str, str, str], ...] = (
@@ -162,6 +179,9 @@ class Tally:
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     changed_fields: Counter[str] = field(default_factory=Counter)
     by_jurisdiction: dict[str, JurisdictionTally] = field(default_factory=dict)
+    by_loan_type: Counter[str] = field(default_factory=Counter)  # evaluated
+    held_jurisdictions: Counter[str] = field(default_factory=Counter)  # scanned
+    held_loan_types: Counter[str] = field(default_factory=Counter)  # scanned
 
     @property
     def changed(self) -> int:
@@ -182,6 +202,9 @@ class Tally:
         self.failures.extend(other.failures)
         self.transitions.update(other.transitions)
         self.changed_fields.update(other.changed_fields)
+        self.by_loan_type.update(other.by_loan_type)
+        self.held_jurisdictions.update(other.held_jurisdictions)
+        self.held_loan_types.update(other.held_loan_types)
         for code, part in other.by_jurisdiction.items():
             self.by_jurisdiction.setdefault(code, JurisdictionTally()).merge(part)
 
@@ -190,6 +213,14 @@ class Tally:
 #: (decision_id, loan_id, recorded_at, ruleset_version, facts, decision's as_of,
 #:  old summary, old deciding rule)
 WorkItem = tuple[str, str, str, str, dict, str | None, dict, str | None]
+
+
+def codes(facts: Any) -> tuple[str, str]:
+    """(jurisdiction, loan type) of stored facts; "?" for what is absent."""
+    facts = facts if isinstance(facts, dict) else {}
+    loan = facts.get("loan")
+    kind = loan.get("type") if isinstance(loan, dict) else None
+    return str(facts.get("jurisdiction", "?")), str(kind if kind is not None else "?")
 
 
 def work_item(record: dict[str, Any]) -> WorkItem:
@@ -206,7 +237,7 @@ def decide_items(decider: Any, items: Iterable[WorkItem]) -> Tally:
 
     tally = Tally()
     for decision_id, loan_id, recorded_at, version, stored, as_of, old, old_rule in items:
-        jurisdiction = str(stored.get("jurisdiction", "?")) if isinstance(stored, dict) else "?"
+        jurisdiction, loan_type = codes(stored)
         try:
             # Normalised facts carry as_of; the decision's own as_of stands in for a
             # record that lacks it - never today, which would make the replay drift.
@@ -224,6 +255,7 @@ def decide_items(decider: Any, items: Iterable[WorkItem]) -> Tally:
                                    "error": f"{type(exc).__name__}: {one_line(exc)}"})
             continue
         tally.evaluated += 1
+        tally.by_loan_type[loan_type] += 1
         place = tally.by_jurisdiction.get(jurisdiction)
         if place is None:
             place = tally.by_jurisdiction[jurisdiction] = JurisdictionTally()
@@ -301,6 +333,9 @@ def _chunks(records: Iterable[dict[str, Any]], filters: Filters, size: int,
     chunk: list[WorkItem] = []
     for record in records:
         tally.scanned += 1
+        jurisdiction, loan_type = codes(record.get("facts"))
+        tally.held_jurisdictions[jurisdiction] += 1
+        tally.held_loan_types[loan_type] += 1
         if not filters.matches(record):
             continue
         chunk.append(work_item(record))
@@ -415,6 +450,55 @@ def _worker_load() -> Any:
         raise ReplayError(f"worker cannot load the candidate: {one_line(exc)}") from None
 
 
+# --------------------------------------------------------------------------- coverage
+
+
+@dataclass(frozen=True)
+class Named:
+    """The jurisdictions and loan types a ruleset's conditions name (eq or in)."""
+
+    jurisdictions: frozenset[str] = frozenset()
+    loan_types: frozenset[str] = frozenset()
+
+
+def named_in(ruleset: Any) -> Named:
+    """What `ruleset`'s rules test `jurisdiction` and `loan.type` for being."""
+    found: dict[str, set[str]] = {"jurisdiction": set(), "loan.type": set()}
+    for rule in ruleset.rules:
+        for leaf in walk_leaves(rule.when):
+            if leaf.path in found and leaf.op in (EQ, IN) and not leaf.is_expr:
+                values = leaf.value if leaf.op == IN else (leaf.value,)
+                found[leaf.path].update(str(v) for v in values)
+    return Named(frozenset(found["jurisdiction"]), frozenset(found["loan.type"]))
+
+
+def coverage_warnings(tally: Tally, filters: Filters, named: Named) -> list[str]:
+    """One line per kind of name the candidate uses that no evaluated record is in,
+    unless a filter left that name out on purpose."""
+    window = " in the time window" if filters.since or filters.until else ""
+    lines = []
+    for kind, names, chosen, evaluated, held in (
+            ("in", named.jurisdictions, filters.jurisdictions, tally.by_jurisdiction,
+             tally.held_jurisdictions),
+            ("on loan type", named.loan_types, filters.loan_types, tally.by_loan_type,
+             tally.held_loan_types)):
+        missing = sorted(n for n in names if n not in evaluated and (not chosen or n in chosen))
+        absent = [n for n in missing if n not in held]
+        left_out = [n for n in missing if n in held]
+        if absent:
+            lines.append(f"the log holds no decision{window} {kind} {', '.join(absent)}, "
+                         f"which the candidate's rules name: {_unseen(absent)}")
+        if left_out:
+            lines.append(f"no decision {kind} {', '.join(left_out)} was evaluated (the log "
+                         f"holds some{window}, but the other filters or failures left them "
+                         f"out), which the candidate's rules name: {_unseen(left_out)}")
+    return lines
+
+
+def _unseen(names: list[str]) -> str:
+    return f"replay cannot show {'its' if len(names) == 1 else 'their'} effect"
+
+
 # --------------------------------------------------------------------------- reporting
 
 
@@ -426,6 +510,18 @@ class ReplayReport:
     filters: Filters
     tally: Tally
     seconds: float = 0.0
+    named: Named = field(default_factory=Named)  # what the candidate's rules name
+    limit: int | None = DEFAULT_LIMIT  # changed decisions listed; None: all
+
+    @property
+    def warnings(self) -> list[str]:
+        return coverage_warnings(self.tally, self.filters, self.named)
+
+    @property
+    def shown(self) -> list[dict[str, Any]]:
+        """The changed decisions the report lists: the first `limit`, in log order."""
+        changes = self.tally.changes
+        return changes if self.limit is None else changes[:self.limit]
 
 
 def report_json(report: ReplayReport) -> dict[str, Any]:
@@ -437,9 +533,16 @@ def report_json(report: ReplayReport) -> dict[str, Any]:
         "store": report.store,
         "filters": report.filters.as_json(),
         "scanned": t.scanned,
+        "held": {
+            "jurisdictions": [{"jurisdiction": code, "records": n}
+                              for code, n in sorted(t.held_jurisdictions.items())],
+            "loan_types": [{"loan_type": kind, "records": n}
+                           for kind, n in sorted(t.held_loan_types.items())],
+        },
         "evaluated": t.evaluated,
         "changed": t.changed,
         "failed": len(t.failures),
+        "warnings": report.warnings,
         "changed_fields": {name: t.changed_fields.get(name, 0) for name, _, _ in COMPARED},
         "transitions": [{"from": old, "to": new, "count": count}
                         for (old, new), count in _sorted_transitions(t.transitions)],
@@ -453,7 +556,9 @@ def report_json(report: ReplayReport) -> dict[str, Any]:
                 for code, j in sorted(t.by_jurisdiction.items())
             ],
         },
-        "changes": t.changes,
+        "changes_limit": report.limit,
+        "changes_shown": len(report.shown),
+        "changes": report.shown,
         "failures": t.failures,
     }
 
@@ -485,8 +590,24 @@ def render_text(report: ReplayReport) -> str:
         f"Replay against candidate {c['name']} {c['version']} (sha256 {c['sha256'][:12]}) "
         f"from {report.candidate_dir}",
         f"Audit log: {report.store}",
+        "Filters: " + _filters_text(report.filters),
+        *_held_lines(report),
     ]
-    f = report.filters
+    share = f" ({t.changed / t.evaluated:.2%})" if t.evaluated else ""
+    lines.append(f"Evaluated {t.evaluated:,} of {t.scanned:,} recorded decisions "
+                 f"in {report.seconds:.1f} s: {t.changed:,} changed{share}, "
+                 f"{len(t.failures):,} could not be decided again.")
+    lines += [f"warning: {w}" for w in report.warnings]
+    if t.changed:
+        lines += _changed_lines(t)
+        lines += _listed_lines(report)
+    if t.failures:
+        lines += ["", "Could not be decided again:"]
+        lines += [f"  {x['loan_id']}  {x['decision_id']}  {x['error']}" for x in t.failures]
+    return "\n".join(lines) + "\n"
+
+
+def _filters_text(f: Filters) -> str:
     chosen = [f"{k} {v}" for k, v in (("since", _timestamp(f.since)),
                                       ("until", _timestamp(f.until)),
                                       ("ruleset version", f.ruleset_version)) if v]
@@ -494,42 +615,62 @@ def render_text(report: ReplayReport) -> str:
         chosen.append("jurisdiction " + ",".join(sorted(f.jurisdictions)))
     if f.loan_types:
         chosen.append("loan type " + ",".join(sorted(f.loan_types)))
-    lines.append("Filters: " + ("; ".join(chosen) if chosen else "none"))
-    share = f" ({t.changed / t.evaluated:.2%})" if t.evaluated else ""
-    lines.append(f"Evaluated {t.evaluated:,} of {t.scanned:,} recorded decisions "
-                 f"in {report.seconds:.1f} s: {t.changed:,} changed{share}, "
-                 f"{len(t.failures):,} could not be decided again.")
-    if t.changed:
-        lines += ["", "Changed fields: " + ", ".join(
-            f"{name} {t.changed_fields[name]:,}" for name, _, _ in COMPARED
-            if t.changed_fields.get(name))]
-        lines += ["", "Bearer transitions (changed decisions):"]
-        lines += _table(("old", "new", "count"),
-                        [(old, new, f"{n:,}") for (old, new), n
-                         in _sorted_transitions(t.transitions)], right=frozenset({2}))
-        lines += ["", "Money moved (new - old; + means borrowers owe more):"]
-        rows = [(code, f"{j.evaluated:,}", f"{j.changed:,}", _signed(j.borrower_owes_delta),
-                 _signed(j.lender_absorbs_delta))
-                for code, j in sorted(t.by_jurisdiction.items()) if j.changed]
-        rows.append(("total", f"{t.evaluated:,}", f"{t.changed:,}",
-                     _signed(t.borrower_owes_delta), _signed(t.lender_absorbs_delta)))
-        lines += _table(("jurisdiction", "evaluated", "changed", "borrower_owes",
-                         "lender_absorbs"), rows, right=frozenset({1, 2, 3, 4}))
-        unchanged = sorted(code for code, j in t.by_jurisdiction.items() if not j.changed)
-        if unchanged:
-            lines.append(f"  no change in: {', '.join(unchanged)}")
-        lines += ["", "Changed decisions (log order):"]
-        lines += _table(
-            ("loan_id", "decision_id", "jur", "bearer", "borrower_owes", "rule", "changed"),
-            [(ch["loan_id"], ch["decision_id"], ch["jurisdiction"],
-              f"{ch['old']['bearer']} -> {ch['new']['bearer']}",
-              f"{ch['old']['borrower_owes']} -> {ch['new']['borrower_owes']}",
-              f"{ch['rule']['old']} -> {ch['rule']['new']}",
-              ",".join(ch["fields"]))
-             for ch in t.changes])
-    if t.failures:
-        lines += ["", "Could not be decided again:"]
-        lines += [f"  {x['loan_id']}  {x['decision_id']}  {x['error']}" for x in t.failures]
-    return "\n".join(lines) + "\n"
+    return "; ".join(chosen) if chosen else "none"
 
 
+def _held_lines(report: ReplayReport) -> list[str]:
+    """What the scanned records were about, whatever the filters."""
+    t, f = report.tally, report.filters
+    where = "in the time window" if f.since or f.until else "in the whole log"
+    return [f"Held {where}: {t.scanned:,} recorded decisions",
+            "  by jurisdiction: " + _counts(t.held_jurisdictions),
+            "  by loan type: " + _counts(t.held_loan_types)]
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{k} {n:,}" for k, n in sorted(counter.items())) or "none"
+
+
+def _changed_lines(t: Tally) -> list[str]:
+    """Changed fields, bearer transitions and money moved."""
+    lines = ["", "Changed fields: " + ", ".join(
+        f"{name} {t.changed_fields[name]:,}" for name, _, _ in COMPARED
+        if t.changed_fields.get(name))]
+    lines += ["", "Bearer transitions (changed decisions):"]
+    lines += _table(("old", "new", "count"),
+                    [(old, new, f"{n:,}") for (old, new), n
+                     in _sorted_transitions(t.transitions)], right=frozenset({2}))
+    lines += ["", "Money moved (new - old; + means borrowers owe more):"]
+    rows = [(code, f"{j.evaluated:,}", f"{j.changed:,}", _signed(j.borrower_owes_delta),
+             _signed(j.lender_absorbs_delta))
+            for code, j in sorted(t.by_jurisdiction.items()) if j.changed]
+    rows.append(("total", f"{t.evaluated:,}", f"{t.changed:,}",
+                 _signed(t.borrower_owes_delta), _signed(t.lender_absorbs_delta)))
+    lines += _table(("jurisdiction", "evaluated", "changed", "borrower_owes",
+                     "lender_absorbs"), rows, right=frozenset({1, 2, 3, 4}))
+    unchanged = sorted(code for code, j in t.by_jurisdiction.items() if not j.changed)
+    if unchanged:
+        lines.append(f"  no change in: {', '.join(unchanged)}")
+    return lines
+
+
+def _listed_lines(report: ReplayReport) -> list[str]:
+    """The changed decisions, the first `limit` of them, and how many more there are."""
+    shown, total = report.shown, report.tally.changed
+    if not shown:
+        return ["", f"Changed decisions: {total:,} not listed (--limit N or --all to "
+                    "list them)."]
+    first = "" if len(shown) == total else f", the first {len(shown):,} of {total:,}"
+    lines = ["", f"Changed decisions (log order{first}):"]
+    lines += _table(
+        ("loan_id", "decision_id", "jur", "bearer", "borrower_owes", "rule", "changed"),
+        [(ch["loan_id"], ch["decision_id"], ch["jurisdiction"],
+          f"{ch['old']['bearer']} -> {ch['new']['bearer']}",
+          f"{ch['old']['borrower_owes']} -> {ch['new']['borrower_owes']}",
+          f"{ch['rule']['old']} -> {ch['rule']['new']}",
+          ",".join(ch["fields"]))
+         for ch in shown])
+    if len(shown) < total:
+        lines.append(f"  {total - len(shown):,} more not shown: --limit N lists the first N, "
+                     "--all lists every one.")
+    return lines

@@ -375,9 +375,14 @@ def test_json_report_schema(log_url: str, dirs: dict[str, Path]) -> None:
     report = replay_json(log_url, dirs["no-nv"], "--jurisdiction", "NV", "--since",
                          "2026-01-01")
     assert report["schema"] == "deficiency.replay/1"
-    assert list(report) == ["schema", "candidate", "store", "filters", "scanned", "evaluated",
-                            "changed", "failed", "changed_fields", "transitions", "money",
+    assert list(report) == ["schema", "candidate", "store", "filters", "scanned", "held",
+                            "evaluated", "changed", "failed", "warnings", "changed_fields",
+                            "transitions", "money", "changes_limit", "changes_shown",
                             "changes", "failures"]
+    assert list(report["held"]) == ["jurisdictions", "loan_types"]
+    assert list(report["held"]["jurisdictions"][0]) == ["jurisdiction", "records"]
+    assert list(report["held"]["loan_types"][0]) == ["loan_type", "records"]
+    assert (report["changes_limit"], report["changes_shown"]) == (50, report["changed"])
     assert report["candidate"]["name"] == "deficiency-default"
     assert report["candidate"]["version"] == "2026.11.1"
     assert re.fullmatch(r"[0-9a-f]{64}", report["candidate"]["sha256"])
@@ -412,9 +417,194 @@ def test_text_report(log_url: str, dirs: dict[str, Path]) -> None:
     assert "NV-SHARED-0" in text and "fair-value-limit -> mortgage-recourse-default" in text
 
 
+# --------------------------------------------------------------------------- what the log held
+
+
+def held(cases: list[Case]) -> dict[str, Any]:
+    """The "held" part of the JSON report for these cases."""
+    by_code = Counter(c.jurisdiction for c in cases)
+    by_type = Counter(c.loan_type for c in cases)
+    return {"jurisdictions": [{"jurisdiction": k, "records": n}
+                              for k, n in sorted(by_code.items())],
+            "loan_types": [{"loan_type": k, "records": n} for k, n in sorted(by_type.items())]}
+
+
+def test_json_report_says_what_the_log_held(log_url: str, dirs: dict[str, Path]) -> None:
+    report = replay_json(log_url, dirs["no-nv"])
+    assert report["held"] == held(CASES)
+    assert report["held"]["jurisdictions"][-1] == {"jurisdiction": "TX", "records": 1}
+    # Counted before the filters, so a filter cannot hide what the log holds ...
+    assert replay_json(log_url, dirs["no-nv"], "--jurisdiction", "OH")["held"] == held(CASES)
+    # ... but within the time window, like `scanned`.
+    since, until = T0 + timedelta(days=10), T0 + timedelta(days=30)
+    report = replay_json(log_url, dirs["no-nv"], "--since", "2026-01-11T09:00:00Z",
+                         "--until", "2026-01-31T09:00:00Z")
+    assert report["held"] == held([c for c in CASES if since <= c.recorded_at < until])
+
+
+def test_text_report_says_what_the_log_held(log_url: str, dirs: dict[str, Path]) -> None:
+    code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url,
+                         "--workers", "1", "--loan-type", "auto")
+    assert code == 0
+    assert "\nHeld in the whole log: 49 recorded decisions\n" \
+           "  by jurisdiction: FL 2, NC 1, NV 37, NY 2, OH 6, TX 1\n" \
+           "  by loan type: auto 12, mortgage 37\n" \
+           "Evaluated 12 of 49 recorded decisions" in text
+    code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url,
+                         "--workers", "1", "--since", "2026-02-16")
+    assert "\nHeld in the time window: 3 recorded decisions\n" \
+           "  by jurisdiction: NV 3\n  by loan type: mortgage 3\n" in text
+
+
+# --------------------------------------------------------------------------- warnings
+
+#: What the rules in rules/ name in conditions and the test log does not hold.
+UNHELD_CODES = "AK, AZ, CA, MN, MT, OR, WA"
+
+
+@pytest.fixture(scope="module")
+def with_ok(dirs: dict[str, Path]) -> Path:
+    """A candidate that adds OK to the fair-value states: it names OK."""
+    return copy_rules(dirs["old"].parent / "with-ok",
+                      (FAIR_VALUE_LINE, FAIR_VALUE_LINE.replace("NY, ", "NY, OK, ")))
+
+
+def test_warning_when_the_candidate_names_what_the_log_lacks(
+        log_url: str, dirs: dict[str, Path], with_ok: Path) -> None:
+    report = replay_json(log_url, with_ok)
+    assert report["warnings"] == [
+        f"the log holds no decision in {UNHELD_CODES.replace('MT, ', 'MT, OK, ')}, which "
+        "the candidate's rules name: replay cannot show their effect",
+        "the log holds no decision on loan type other_secured, which the candidate's rules "
+        "name: replay cannot show its effect"]
+    code, text = run_cli("--candidate", str(with_ok), "--url", log_url, "--workers", "1")
+    assert code == 0
+    assert re.search(r"^warning: the log holds no decision in AK, .*\bOK\b.*: replay cannot "
+                     r"show their effect$", text, re.M)
+    assert re.search(r"^warning: the log holds no decision on loan type other_secured, ",
+                     text, re.M)
+    # Held jurisdictions the candidate names (NV, FL, ...) are never in a warning.
+    assert not re.search(r"\b(NV|FL|NC|NY|TX|mortgage|auto)\b", " ".join(report["warnings"]))
+
+
+def test_no_warning_for_what_the_filters_leave_out(log_url: str, with_ok: Path) -> None:
+    report = replay_json(log_url, with_ok, "--jurisdiction", "NV", "--loan-type", "mortgage")
+    assert report["warnings"] == []
+    code, text = run_cli("--candidate", str(with_ok), "--url", log_url, "--workers", "1",
+                         "--jurisdiction", "NV", "--loan-type", "mortgage")
+    assert code == 0 and "warning" not in text
+    # A filter that asks for OK on purpose still hears that the log holds none, and
+    # that the mortgages it holds were all left out (they are in other states).
+    report = replay_json(log_url, with_ok, "--jurisdiction", "OK", "--loan-type", "mortgage")
+    assert report["warnings"] == [
+        "the log holds no decision in OK, which the candidate's rules name: replay cannot "
+        "show its effect",
+        "no decision on loan type mortgage was evaluated (the log holds some, but the other "
+        "filters or failures left them out), which the candidate's rules name: replay cannot "
+        "show its effect"]
+
+
+def test_warning_when_other_filters_leave_out_what_the_log_holds(
+        log_url: str, dirs: dict[str, Path]) -> None:
+    # The older ruleset decided NV mortgages only: FL, NC, NY, TX and cars go unseen.
+    report = replay_json(log_url, dirs["no-nv"], "--ruleset-version", "2026.10.0")
+    assert "no decision in FL, NC, NY, TX was evaluated (the log holds some, but the other " \
+           "filters or failures left them out), which the candidate's rules name: replay " \
+           "cannot show their effect" in report["warnings"]
+    assert any(w.startswith("no decision on loan type auto was evaluated")
+               for w in report["warnings"])
+
+
+def test_no_warning_when_the_log_holds_what_the_candidate_names(
+        tmp_path: Path, dirs: dict[str, Path], with_ok: Path) -> None:
+    ok = foreclosure("OK-FV-0", "OK", 200_000, 150_000, fair_value=170_000)
+    cases = [*CASES, Case(ok, T0 - timedelta(days=1), "borrower", "shared",
+                          Decimal(-20_000))]
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = open_store(url)
+    try:
+        record_cases(store, cases, {"2026.11.1": RULES, "2026.10.0": dirs["old"]})
+    finally:
+        store.close()
+    report = replay_json(url, with_ok, "--loan-type", "mortgage")
+    assert report["warnings"] == [f"the log holds no decision in {UNHELD_CODES}, which the "
+                                  "candidate's rules name: replay cannot show their effect"]
+    assert {"jurisdiction": "OK", "records": 1} in report["held"]["jurisdictions"]
+    assert report["changes"][0]["loan_id"] == "OK-FV-0"
+
+
+# --------------------------------------------------------------------------- the changed list
+
+
+def test_limit_caps_the_changed_list(log_url: str, dirs: dict[str, Path]) -> None:
+    report = replay_json(log_url, dirs["no-nv"], "--limit", "5")
+    want = expected(CASES)
+    assert (report["changed"], report["changes_limit"], report["changes_shown"]) == (20, 5, 5)
+    assert [c["loan_id"] for c in report["changes"]] == want["loans"][:5]
+    assert report["money"]["borrower_owes_delta"] == want["owes"]  # sums cover all 20
+    code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url,
+                         "--workers", "1", "--limit", "5")
+    assert code == 0
+    assert "Changed decisions (log order, the first 5 of 20):" in text
+    assert re.search(r"^  15 more not shown: --limit N lists the first N, --all lists every "
+                     r"one\.$", text, re.M)
+    listed = [loan for loan in want["loans"] if re.search(rf"^  {loan}\s", text, re.M)]
+    assert listed == want["loans"][:5]
+
+
+def test_all_lists_every_change(log_url: str, dirs: dict[str, Path]) -> None:
+    report = replay_json(log_url, dirs["no-nv"], "--all")
+    assert (report["changes_limit"], report["changes_shown"]) == (None, 20)
+    assert len(report["changes"]) == 20
+    code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url,
+                         "--workers", "1", "--all")
+    assert "Changed decisions (log order):" in text and "more not shown" not in text
+    code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url,
+                         "--workers", "1", "--limit", "0")
+    assert code == 0
+    assert "Changed decisions: 20 not listed (--limit N or --all to list them)." in text
+    assert "NV-SHARED-0" not in text
+
+
+def test_limit_and_all_exclude_each_other(log_url: str, dirs: dict[str, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        run_cli("--candidate", str(dirs["no-nv"]), "--url", log_url, "--limit", "5", "--all")
+    assert exit_.value.code == 2
+    assert "--all: not allowed with argument --limit" in capsys.readouterr().err
+
+
+def test_the_default_limit_is_50() -> None:
+    change = {"loan_id": "L", "decision_id": "D", "jurisdiction": "NV",
+              "old": {"bearer": "shared", "borrower_owes": "1.00"},
+              "new": {"bearer": "borrower", "borrower_owes": "2.00"},
+              "rule": {"old": "a", "new": "b"}, "fields": ["bearer"]}
+    tally = replay_mod.Tally(evaluated=60, changes=[change] * 60)
+    report = replay_mod.ReplayReport("c", {"name": "n", "version": "v", "sha256": "0" * 64},
+                                     "s", replay_mod.Filters(), tally)
+    doc = replay_mod.report_json(report)
+    assert (doc["changed"], doc["changes_limit"], doc["changes_shown"]) == (60, 50, 50)
+    assert len(doc["changes"]) == 50
+    assert "  10 more not shown: " in replay_mod.render_text(report)
+
+
 # --------------------------------------------------------------------------- command line
 
 
+REPLAY_OPTIONS = {"--candidate", "--config", "--url", "--since", "--until", "--jurisdiction",
+                  "--loan-type", "--ruleset-version", "--workers", "--format", "--limit",
+                  "--all"}
+
+
+def test_every_replay_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    text = capsys.readouterr().out
+    entries = re.split(r"\n(?=  -)", text.split("\noptions:\n", 1)[1])
+    by_option = {entry.split()[0].rstrip(","): entry for entry in entries}
+    assert REPLAY_OPTIONS | {"-h"} == set(by_option)
+    for option in REPLAY_OPTIONS:  # the option, its metavar, then words of help
+        assert len(by_option[option].split()) >= 4, by_option[option]
 def test_invalid_candidate_exits_2_with_the_first_problem(
         log_url: str, dirs: dict[str, Path], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -439,6 +629,7 @@ def test_invalid_candidate_exits_2_with_the_first_problem(
     (["--jurisdiction", "ZZ"], "--jurisdiction: unknown code 'ZZ'"),
     (["--loan-type", "boat"], "--loan-type: unknown type 'boat'"),
     (["--workers", "0"], "--workers: must be from 1 to 256"),
+    (["--limit", "-1"], "--limit: must be 0 or more"),
 ])
 def test_bad_options_exit_2(log_url: str, dirs: dict[str, Path], argv: list[str],
                             message: str, capsys: pytest.CaptureFixture[str]) -> None:
