@@ -127,7 +127,7 @@ def test_missing_file_and_bad_rules_are_one_line(tmp_path):
 def test_rules_option_selects_another_ruleset(tmp_path):
     rules = tmp_path / "rules"
     shutil.copytree(ROOT / "rules", rules)
-    text = (rules / "ruleset.yaml").read_text().replace('version: "2026.11.1"',
+    text = (rules / "ruleset.yaml").read_text().replace('version: "2026.12.0"',
                                                          'version: "candidate-7"')
     (rules / "ruleset.yaml").write_text(text)
     proc = deficiency("decide", "--rules", str(rules), "-", stdin=json.dumps(CAR))

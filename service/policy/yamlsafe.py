@@ -157,7 +157,11 @@ def _build(loader: _Loader, node: Any) -> Any:
         seq.pos = _pos(file, node)
         seq.item_pos = [_pos(file, item) for item in node.value]
         return seq
-    value = loader.construct_object(node, deep=True)
+    try:
+        value = loader.construct_object(node, deep=True)
+    except ValueError as exc:  # a date that does not exist, e.g. 2026-02-30
+        raise YamlError(_pos(file, node), f"{node.value!r} is not a valid date ({exc})",
+                        "write a date that exists, YYYY-MM-DD") from None
     if isinstance(value, datetime.datetime):
         raise YamlError(_pos(file, node), "timestamps are not supported; write a date YYYY-MM-DD")
     if isinstance(value, bytes):

@@ -201,3 +201,12 @@ def test_amounts_in_text_are_dollars_half_up_to_the_cent(value, text):
     from service.engine.resolver import _amount
 
     assert _amount(Decimal(value)) == text
+
+
+def test_a_date_that_does_not_exist_is_an_error_at_its_position() -> None:
+    from service.policy.yamlsafe import YamlError, load_yaml
+
+    with pytest.raises(YamlError) as caught:
+        load_yaml("constants:\n  cutoff: 2026-02-30\n", "rules/ruleset.yaml")
+    assert str(caught.value.pos) == "rules/ruleset.yaml:2:11"
+    assert "'2026-02-30' is not a valid date" in caught.value.message

@@ -52,7 +52,7 @@ class Case:
     old_bearer: str
     new_bearer: str
     owes_delta: Decimal  # new - old borrower_owes
-    version: str = "2026.11.1"
+    version: str = "2026.12.0"
 
     @property
     def changes(self) -> bool:
@@ -105,7 +105,7 @@ def claim_of(raw: dict[str, Any]) -> Decimal:
 
 def make_cases() -> list[Case]:
     cases: list[tuple[dict[str, Any], str, str, Decimal, str]] = []
-    version = "2026.11.1"
+    version = "2026.12.0"
     for i in range(12):  # NV, proceeds < fair value < claim: shared -> borrower
         balance = 150_000 + 7_919 * i
         proceeds = balance * 7 // 10
@@ -199,7 +199,7 @@ def copy_rules(target: Path, edit: tuple[str, str] | None = None,
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("replay")
     return {
-        "old": copy_rules(base / "old-rules", ('version: "2026.11.1"', 'version: "2026.10.0"')),
+        "old": copy_rules(base / "old-rules", ('version: "2026.12.0"', 'version: "2026.10.0"')),
         "same": copy_rules(base / "same"),
         "no-nv": copy_rules(base / "no-nv", (FAIR_VALUE_LINE, FAIR_VALUE_LINE.replace(
             "NV, ", ""))),
@@ -211,7 +211,7 @@ def log_url(tmp_path_factory: pytest.TempPathFactory, dirs: dict[str, Path]) -> 
     url = f"sqlite:///{tmp_path_factory.mktemp('log') / 'audit.db'}"
     store = open_store(url)
     try:
-        record_cases(store, CASES, {"2026.11.1": RULES, "2026.10.0": dirs["old"]})
+        record_cases(store, CASES, {"2026.12.0": RULES, "2026.10.0": dirs["old"]})
     finally:
         store.close()
     return url
@@ -289,8 +289,8 @@ def test_removing_nevada_from_fair_value_states(log_url: str, dirs: dict[str, Pa
 
 
 def test_unchanged_candidate_changes_nothing(log_url: str, dirs: dict[str, Path]) -> None:
-    report = replay_json(log_url, dirs["same"], "--ruleset-version", "2026.11.1")
-    assert report["evaluated"] == len([c for c in CASES if c.version == "2026.11.1"])
+    report = replay_json(log_url, dirs["same"], "--ruleset-version", "2026.12.0")
+    assert report["evaluated"] == len([c for c in CASES if c.version == "2026.12.0"])
     assert report["changed"] == 0 and report["changes"] == [] and report["transitions"] == []
     assert report["money"]["borrower_owes_delta"] == "0.00"
 
@@ -384,7 +384,7 @@ def test_json_report_schema(log_url: str, dirs: dict[str, Path]) -> None:
     assert list(report["held"]["loan_types"][0]) == ["loan_type", "records"]
     assert (report["changes_limit"], report["changes_shown"]) == (50, report["changed"])
     assert report["candidate"]["name"] == "deficiency-default"
-    assert report["candidate"]["version"] == "2026.11.1"
+    assert report["candidate"]["version"] == "2026.12.0"
     assert re.fullmatch(r"[0-9a-f]{64}", report["candidate"]["sha256"])
     assert report["filters"] == {"since": "2026-01-01T00:00:00.000000Z", "until": None,
                                  "jurisdictions": ["NV"], "loan_types": [],
@@ -523,7 +523,7 @@ def test_no_warning_when_the_log_holds_what_the_candidate_names(
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = open_store(url)
     try:
-        record_cases(store, cases, {"2026.11.1": RULES, "2026.10.0": dirs["old"]})
+        record_cases(store, cases, {"2026.12.0": RULES, "2026.10.0": dirs["old"]})
     finally:
         store.close()
     report = replay_json(url, with_ok, "--loan-type", "mortgage")
@@ -670,12 +670,12 @@ def test_unreadable_stored_facts_are_reported_not_fatal(tmp_path: Path,
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     store = open_store(url)
     try:
-        record_cases(store, CASES[:2], {"2026.11.1": RULES})
+        record_cases(store, CASES[:2], {"2026.12.0": RULES})
         good = store.iter_records().__next__()
         broken = {**good["facts"], "jurisdiction": "XX"}
         store.append([NewRecord(
             decision_id=f"broken-{uuid.uuid4().hex}", recorded_at=T0, loan_id="BROKEN",
-            ruleset_name="deficiency-default", ruleset_version="2026.11.1",
+            ruleset_name="deficiency-default", ruleset_version="2026.12.0",
             ruleset_sha256="0" * 64, facts=broken, decision=good["decision"],
             trace=good["trace"], duration_ms=1.0)])
     finally:
@@ -713,7 +713,7 @@ def pg_url() -> Any:
 def test_replay_on_postgresql(pg_url: str, dirs: dict[str, Path]) -> None:
     store = open_store(pg_url)
     try:
-        record_cases(store, CASES, {"2026.11.1": RULES, "2026.10.0": dirs["old"]})
+        record_cases(store, CASES, {"2026.12.0": RULES, "2026.10.0": dirs["old"]})
     finally:
         store.close()
     code, text = run_cli("--candidate", str(dirs["no-nv"]), "--url", pg_url, "--workers", "2",
