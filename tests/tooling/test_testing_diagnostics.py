@@ -214,8 +214,8 @@ fixtures:
     code, text = run(rules)
     assert code == 1, text
     assert error_lines(text) == [
-        f"{pos(path, '2026-02-30')}: error: '2026-02-30' is not a valid value (day is out of "
-        "range for month)"], text
+        f"{pos(path, '2026-02-30')}: error: '2026-02-30' is not a valid date (day is out of "
+        "range for month) (hint: write a date that exists, YYYY-MM-DD)"], text
 
 
 def test_a_case_with_a_mistake_still_reports_its_real_differences(rules: Path) -> None:
