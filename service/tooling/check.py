@@ -102,6 +102,8 @@ def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout, *,
     if fmt == "json":
         out.write(json.dumps({
             "ok": not errors,
+            # False: load errors or an engine limit stopped the check before the analysis.
+            "analysed": bool(summary.get("analysis")),
             "ruleset": summary or None,
             "problems": [{"file": p.pos.file, "line": p.pos.line, "column": p.pos.column,
                           "severity": p.severity, "message": p.message, "hint": p.hint}
@@ -135,4 +137,9 @@ def run_check(directory: str, fmt: str = "text", out: TextIO = sys.stdout, *,
     elif errors:
         out.write(f"{len(errors)} error(s)" + (f", {len(warnings)} warning(s)" if warnings
                                                else "") + "\n")
+        if not summary.get("analysis"):
+            what = "load errors" if not summary else "engine limit"
+            out.write(f"not analysed yet: the search for gaps, conflicts and shadowed rules "
+                      f"runs once the {what} above {'are' if what == 'load errors' else 'is'} "
+                      "fixed\n")
     return 1 if errors else 0

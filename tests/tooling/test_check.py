@@ -383,3 +383,20 @@ def test_cli_check_exit_codes_and_json(rules: Path) -> None:
     doc = json.loads(as_json.stdout)
     # on a very busy machine the default time budget may also leave a warning
     assert [f["kind"] for f in doc["findings"] if f["kind"] != "incomplete"] == ["gap"]
+
+
+def test_every_load_error_at_once_and_the_analysis_said_to_wait(rules: Path) -> None:
+    bearer, reporting = rules / "bearer.yaml", rules / "reporting.yaml"
+    bearer.write_text(bearer.read_text().replace("loan.type: mortgage", "loan.type: mortage", 1))
+    reporting.write_text(reporting.read_text().replace("stage: reporting", "stage: reportng", 1))
+    code, text = check(rules)
+    assert code == 1
+    errors = [ln for ln in text.splitlines() if ": error: " in ln]
+    assert any("bearer.yaml" in ln and "'mortage'" in ln for ln in errors), text
+    assert any("reporting.yaml" in ln and "reportng" in ln for ln in errors), text
+    assert text.rstrip().endswith("not analysed yet: the search for gaps, conflicts and "
+                                  "shadowed rules runs once the load errors above are fixed")
+    code, doc = check(rules, "json")
+    assert json.loads(doc)["analysed"] is False
+    code, doc = check(RULES, "json")
+    assert json.loads(doc)["analysed"] is True
