@@ -548,7 +548,7 @@ class _Builder:
             if isinstance(value, str) and value in (self.lists.keys() | self.tables.keys()):
                 values = tuple(self.lists.get(value) or self.tables[value].keys())
                 return Leaf(path, op, self._constant_entries(path, kind, enum, value, values, pos),
-                            False, kind, pos)
+                            False, kind, pos, constant=value)
             elif isinstance(value, PosList) and value:
                 values = tuple(value)
             else:

@@ -37,6 +37,9 @@ class Leaf:
     is_expr: bool
     kind: str  # the path's type name (money, int, date, enum, bool, ...)
     pos: Pos
+    #: For in/not_in: the list or table constant the values come from (None: written
+    #: out). Not part of the meaning (equality and hash): coverage reports by it.
+    constant: str | None = field(default=None, compare=False)
 
     def __hash__(self) -> int:  # positions differ, meaning does not
         return hash((self.path, self.op, repr(self.value)))
