@@ -26,6 +26,7 @@ from ..engine.reference import holds, leaf_holds, operand
 from ..policy import expr as ex
 from ..policy.model import COMPARISONS, IN, NOT_IN, All, Leaf, Rule, Ruleset, walk_leaves
 
+
 def _conjuncts(rule: Rule) -> tuple:
     return rule.when.items if isinstance(rule.when, All) else (rule.when,)
 
