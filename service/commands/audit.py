@@ -88,7 +88,7 @@ def verify_command(url: str, out: TextIO | None = None, err: TextIO | None = Non
         print(f"TAMPERED: {where} : {result.reason}", file=out)
         return EXIT_BAD
 
-    return _with_store(url, err or sys.stderr, run)
+    return with_store(url, err or sys.stderr, run)
 
 
 def show_command(url: str, decision_id: str, out: TextIO | None = None,
@@ -104,7 +104,7 @@ def show_command(url: str, decision_id: str, out: TextIO | None = None,
         print(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False), file=out)
         return EXIT_OK
 
-    return _with_store(url, err, run)
+    return with_store(url, err, run)
 
 
 def audit_verify_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -164,14 +164,16 @@ def audit_checkpoint_command(args: argparse.Namespace, out: TextIO) -> int:
         out.write(note)
         return EXIT_OK
 
-    return _with_store(audit_url(args), sys.stderr, run)
+    return with_store(audit_url(args), sys.stderr, run)
 
 
 def audit_show_command(args: argparse.Namespace, out: TextIO) -> int:
     return show_command(audit_url(args), args.id, out)
 
 
-def _with_store(url: str, err: TextIO, run: Callable[[AuditStore], int]) -> int:
+def with_store(url: str, err: TextIO, run: Callable[[AuditStore], int]) -> int:
+    """`run(store)` on the existing log at `url`, closed after; every failure one line on
+    `err` (exit 2), never a traceback. The examiner's commands all answer this way."""
     try:
         store = open_existing(url)
     except (ValueError, StoreUnavailable) as exc:

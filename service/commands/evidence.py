@@ -25,7 +25,7 @@ from ..audit.notes import NoteError, Verifier
 from ..messages import one_line
 from ..timestamps import parse_timestamp
 from ..tooling.reproduce import ArchiveError, decide_again, differences, ruleset_from_files
-from .audit import EXIT_BAD, EXIT_ERROR, EXIT_OK, _with_store, audit_url
+from .audit import EXIT_BAD, EXIT_ERROR, EXIT_OK, audit_url, with_store
 from .errors import CliError
 from .logkeys import unb64, verifier_from_args
 
@@ -58,7 +58,7 @@ def prove_command(args: argparse.Namespace, out: TextIO) -> int:
               f"{receipt['tree_size']}", file=out)
         return EXIT_OK
 
-    return _with_store(audit_url(args), sys.stderr, run)
+    return with_store(audit_url(args), sys.stderr, run)
 
 
 def _write(path: str, text: str) -> None:
@@ -234,7 +234,7 @@ def reproduce_command(args: argparse.Namespace, out: TextIO) -> int:
               file=out)
         return EXIT_OK
 
-    return _with_store(audit_url(args), sys.stderr, run)
+    return with_store(audit_url(args), sys.stderr, run)
 
 
 def redecide_command(args: argparse.Namespace, out: TextIO) -> int:
@@ -269,4 +269,4 @@ def redecide_command(args: argparse.Namespace, out: TextIO) -> int:
               "outcome field the same", file=out)
         return EXIT_OK
 
-    return _with_store(audit_url(args), sys.stderr, run)
+    return with_store(audit_url(args), sys.stderr, run)

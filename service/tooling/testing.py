@@ -32,8 +32,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from .. import facts as facts_mod
 from ..policy.loader import Problem
 from ..policy.model import Rule, Ruleset
@@ -192,37 +190,8 @@ def _load(tests_dir: Path) -> tuple[list[Case], list[Problem]]:
         except YamlError as exc:
             problems.append(Problem(exc.pos, exc.message, exc.hint))
             continue
-        except ValueError as exc:  # a value YAML recognises but cannot build: 2026-02-30
-            pos, text = _unbuildable(data, str(path))
-            problems.append(Problem(pos, f"{text!r} is not a valid value ({exc})"))
-            continue
         _load_file(str(path), doc, cases, problems)
     return cases, problems
-
-
-def _unbuildable(data: bytes, file: str) -> tuple[Pos, str]:
-    """Where the first value stands that YAML reads but cannot build, and its text."""
-    loader = yaml.SafeLoader(data)
-    try:
-        stack = [loader.get_single_node()]
-        found: list[tuple[Pos, str]] = []
-        while stack:
-            node = stack.pop()
-            if isinstance(node, yaml.ScalarNode):
-                try:
-                    loader.construct_object(node)
-                except ValueError:
-                    mark = node.start_mark
-                    found.append((Pos(file, mark.line + 1, mark.column + 1), node.value))
-            elif isinstance(node, yaml.MappingNode):
-                stack.extend(n for pair in node.value for n in pair)
-            elif isinstance(node, yaml.SequenceNode):
-                stack.extend(node.value)
-        return min(found) if found else (Pos(file, 1, 1), "")
-    except yaml.YAMLError:
-        return Pos(file, 1, 1), ""
-    finally:
-        loader.dispose()
 
 
 def _load_file(file: str, doc: Any, cases: list[Case], problems: list[Problem]) -> None:
