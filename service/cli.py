@@ -65,8 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only decisions made by this ruleset version")
     r.add_argument("--workers", type=int, metavar="N",
                    help="worker processes, 1 to 256 (default: one per CPU)")
-    r.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text for people (default) or json (schema deficiency.replay/1)")
+    r.add_argument("--format", choices=("text", "json", "html"), default="text",
+                   help="text for people (default), json (schema deficiency.replay/1) or "
+                        "html: one self-contained page (counts, bearer transition "
+                        "matrix, money chart, changed decisions); html needs --out")
+    r.add_argument("--out", metavar="FILE",
+                   help="write the report to FILE (replaced whole, never half-written) "
+                        "instead of standard output; required with --format html")
+    r.add_argument("--console-url", metavar="URL",
+                   help="html only: base URL of the console, so each decision links to "
+                        "URL/console/decisions/ID (default: root-relative "
+                        "/console/decisions/ID)")
     shown = r.add_mutually_exclusive_group()
     shown.add_argument("--limit", type=int, metavar="N",
                        help="list at most N changed decisions (default: 50); the counts "

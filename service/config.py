@@ -102,12 +102,24 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    #: A console session ends after this many minutes without a request.
+    session_idle_minutes: int = 30
+    #: The secret session cookies are signed with (a file); None: beside the audit log's
+    #: signing key by default (`AuditConfig.data_dir / "console-session-key"`).
+    session_key: Path | None = None
+    #: Send the session cookie only over HTTPS (true behind TLS).
+    secure_cookie: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     #: The file read, or None when only defaults and the environment applied.
     source: Path | None = None
 
@@ -286,6 +298,8 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_json_depth": _int(4, 256),
     },
     "auth": {"keys": _keys},
+    "console": {"session_idle_minutes": _int(1, 7 * 24 * 60), "session_key": _file_path,
+                "secure_cookie": _bool},
 }
 
 
@@ -392,5 +406,6 @@ def load_config(path: str | os.PathLike[str] | None = None,
         audit=AuditConfig(**values["audit"]),
         limits=LimitsConfig(**values["limits"]),
         auth=AuthConfig(**values["auth"]),
+        console=ConsoleConfig(**values["console"]),
         source=file.resolve() if file is not None else None,
     )

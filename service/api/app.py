@@ -23,6 +23,7 @@ from ..config import AuditConfig, Config, load_config
 from ..serving.active_ruleset import ActiveRuleset
 from ..serving.audit_link import AuditLink
 from ..serving.generation import Generation, LocalGeneration
+from ..serving.session_key import session_secret
 from ..serving.signing import log_signer
 from . import problems
 from .access_log import AccessLog
@@ -50,7 +51,8 @@ def create_app(
     """Build the app. Raises PolicyError when the rules directory is rejected (any error
     `deficiency check` reports) and `generation` holds no ruleset accepted before,
     and ValueError for an unusable audit URL; an unreachable store (or an unusable
-    signing key) is retried later.
+    signing key) is retried later. Without a usable console session key the console
+    answers 503 saying why, and the API works on.
 
     `watch_interval`: seconds between looks at the rules directory for changes (0: do
     not watch); by default the generation's (the workers of `deficiency serve` watch,
@@ -59,8 +61,14 @@ def create_app(
     from .log import bp as log_bp
     from .ops import bp as ops_bp
     from .ruleset import bp as ruleset_bp
+    from .simulations import bp as simulations_bp
 
     config = config or load_config()
+    try:
+        console_secret: bytes | str = session_secret(config)
+    except ValueError as exc:  # the API works on; the console says why it cannot
+        log.error("console unavailable: %s", exc)
+        console_secret = str(exc)
     app = Flask("service.api")
     # One byte over the limit: werkzeug stops a streamed (chunked) body there without
     # an error, so a body that reaches limit + 1 bytes is known to be too large.
@@ -91,7 +99,13 @@ def create_app(
     app.register_blueprint(decisions_bp)
     app.register_blueprint(log_bp)
     app.register_blueprint(ruleset_bp)
+    app.register_blueprint(simulations_bp)
     app.register_blueprint(ops_bp)
+    from ..console import install as install_console
+
+    install_console(app, secret=console_secret,
+                    idle_minutes=config.console.session_idle_minutes,
+                    secure_cookie=config.console.secure_cookie)
     problems.register(app, lambda p: svc.metrics.errors.labels(p.kind).inc())
 
     @app.before_request

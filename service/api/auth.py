@@ -51,17 +51,36 @@ class Keyring:
     def authenticate(self, authorization: str | None, x_api_key: str | None) -> Principal:
         if self.open:
             return ANONYMOUS
-        token = _presented_key(authorization, x_api_key)
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        found: Principal | None = None
-        for configured, principal in self._keys:  # no early exit
-            if hmac.compare_digest(digest, configured):
-                found = principal
+        found = self.match(_presented_key(authorization, x_api_key))
         if found is None:
             raise Problem(401, "Unauthorized", "The API key is not valid.",
                           type_="unauthorized", headers=_challenge("invalid_token"),
                           kind="unauthorized")
         return found
+
+    def match(self, token: str) -> Principal | None:
+        """The principal whose key `token` is, or None (every hash compared)."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found: Principal | None = None
+        for configured, principal in self._keys:  # no early exit
+            if hmac.compare_digest(digest, configured):
+                found = principal
+        return found
+
+    def stamp(self, name: str, secret: bytes) -> str | None:
+        """A short keyed digest of the key configured under `name` (None: no such key):
+        what a console session keeps to notice that the key was removed or replaced,
+        without holding the key or its hash."""
+        for configured, principal in self._keys:
+            if principal.name == name:
+                return hmac.new(secret, configured, hashlib.sha256).hexdigest()[:32]
+        return None
+
+    def principal(self, name: str) -> Principal | None:
+        for _, principal in self._keys:
+            if principal.name == name:
+                return principal
+        return None
 
 
 def _presented_key(authorization: str | None, x_api_key: str | None) -> str:

@@ -365,6 +365,43 @@ def _components(config: Config) -> dict[str, Any]:
                 },
                 "additionalProperties": False,
             },
+            "Simulation": {
+                "type": "object", "required": ["decision", "why_not"],
+                "properties": {
+                    "decision": {"$ref": "#/components/schemas/Decision"},
+                    "why_not": {"type": "array",
+                                "description": "Every rule that did not match, in stage "
+                                               "order then priority descending.",
+                                "items": {"$ref": "#/components/schemas/WhyNotEntry"}},
+                },
+                "additionalProperties": False,
+            },
+            "WhyNotEntry": {
+                "type": "object",
+                "description": "A rule that did not match the context as it was when its "
+                               "stage ran, and the first of its conditions that was false.",
+                "required": ["stage", "rule", "priority", "path", "actual", "needs",
+                             "message"],
+                "properties": {
+                    "stage": {"type": "string"},
+                    "rule": {"type": "string"},
+                    "priority": {"type": "integer"},
+                    "path": {"type": "string",
+                             "description": "The path the false condition tests (for "
+                                            "`any`, the first alternative's)."},
+                    "actual": {"type": ["string", "boolean", "integer", "null"],
+                               "description": "Its value: exact decimal text, an ISO date, "
+                                              "true/false, text; null when absent."},
+                    "needs": {"type": "string",
+                              "description": "What the condition requires (`true`, "
+                                             "`<= 4`, `one of CA, OR`, an expression as "
+                                             "written with its value)."},
+                    "message": {"type": "string",
+                                "description": "One line: `rule: path is value, the rule "
+                                               "needs …`."},
+                },
+                "additionalProperties": False,
+            },
             "RulesetId": {
                 "type": "object", "required": ["name", "version", "sha256"],
                 "properties": {"name": {"type": "string"}, "version": {"type": "string"},
@@ -669,6 +706,20 @@ def openapi_document(config: Config) -> dict[str, Any]:
                                     "schema": ULID}],
                     "responses": {"200": _json("StoredDecision", "The recorded decision."),
                                   **_errors(401, 403, 404, 500, 503)},
+                },
+            },
+            "/v1/simulations": {
+                "post": {
+                    "operationId": "simulate",
+                    "summary": "Decide one facts document without recording it, and say "
+                               "why each other rule did not match.",
+                    "description": "Scope `decide`. Decided by the active ruleset like POST "
+                                   "/v1/decisions, but never recorded: no receipt, nothing "
+                                   "in the audit log.",
+                    "requestBody": {"required": True, "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Facts"}}}},
+                    "responses": {"200": _json("Simulation", "The decision and why not."),
+                                  **_errors(400, 401, 403, 413, 415, 422, 500)},
                 },
             },
             **log_paths(_json, _errors, ULID),

@@ -84,3 +84,10 @@ def _check_startup(config: Config) -> None:
         log_signer(config.audit)
     except (NoteError, OSError) as exc:
         raise CliError(f"configuration: {exc}") from None
+    # The console's session secret, likewise created once here when none is configured.
+    from ..serving.session_key import session_secret
+
+    try:
+        session_secret(config)
+    except ValueError as exc:
+        raise CliError(f"configuration: {exc}") from None

@@ -160,6 +160,17 @@ class LogReads:
                 "files": json.loads(row["files"]),
                 "archived_at": format_timestamp(row["archived_at"])}
 
+    def archived_rulesets(self) -> list[dict[str, Any]]:
+        """`{"sha256", "name", "version", "archived_at"}` of every archived ruleset,
+        newest first (without the files)."""
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(_rulesets.c.sha256, _rulesets.c.name, _rulesets.c.version,
+                          _rulesets.c.archived_at)
+                .order_by(_rulesets.c.archived_at.desc(), _rulesets.c.sha256)).mappings().all()
+        return [{"sha256": r["sha256"], "name": r["name"], "version": r["version"],
+                 "archived_at": format_timestamp(r["archived_at"])} for r in rows]
+
     def stored_nodes(self, ids: list[int]) -> dict[int, bytes]:
         """The kept subtrees among node ids `ids`."""
         found: dict[int, bytes] = {}

@@ -100,6 +100,9 @@ class VerifyResult:
     checkpoints_checked: int = field(default=0, compare=False)
     #: The size of the latest checkpoint stored in the log (None: none is).
     latest_checkpoint: int | None = field(default=None, compare=False)
+    #: The walk was stopped by its caller before the end: no problem in `checked`
+    #: records, the rest not looked at.
+    stopped: bool = field(default=False, compare=False)
 
 
 class PreparedRecord:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,7 +101,8 @@ def _answered_within(deadlines: Deadlines, seconds: float) -> Iterator[None]:
             raise
 
 
-def _encode_cursor(seq: int) -> str:
+def encode_cursor(seq: int) -> str:
+    """The cursor `query` takes to continue with the records older than `seq`."""
     return base64.urlsafe_b64encode(str(seq).encode("ascii")).decode("ascii").rstrip("=")
 
 
@@ -114,7 +115,7 @@ def _decode_cursor(cursor: str) -> int:
         text = raw.decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValueError("malformed cursor") from exc
-    if not text.isdigit() or text.startswith("0") or _encode_cursor(int(text)) != cursor:
+    if not text.isdigit() or text.startswith("0") or encode_cursor(int(text)) != cursor:
         raise ValueError("malformed cursor")
     return int(text)
 
@@ -495,7 +496,7 @@ class AuditStore(LogReads):
         with self._read() as connection:
             rows = connection.execute(statement).mappings().all()
         page = [_record_dict(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
+        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
         return page, next_cursor
 
     @staticmethod
@@ -581,7 +582,8 @@ class AuditStore(LogReads):
 
     def verify(self, *, batch: int = 1000, verifier: Verifier | None = None,
                checkpoints: Sequence[Expected] = (),
-               leaves: Mapping[int, tuple[bytes, str]] | None = None) -> VerifyResult:
+               leaves: Mapping[int, tuple[bytes, str]] | None = None,
+               progress: Callable[[int, int], bool] | None = None) -> VerifyResult:
         """Walk the chain in seq order, recomputing every hash, and rebuild the Merkle
         tree from the records; report the first problem.
 
@@ -590,7 +592,11 @@ class AuditStore(LogReads):
         given) and with `checkpoints` (roots vouched for elsewhere: signed checkpoints
         already checked by the caller); `leaves` are leaf hashes receipts vouch for,
         by leaf index. Covers the log up to its last record when the walk starts, so
-        it can run while the service appends."""
+        it can run while the service appends.
+
+        `progress(checked, last_seq)` is called after each batch; when it returns False
+        the walk stops there and the result says so (`stopped`: sound so far, not
+        complete)."""
         with _operational_errors(), self._engine.connect() as connection:
             # One statement, one snapshot: the head and the last seq agree.
             head_seq, head_hash, head_frontier, upper = connection.execute(
@@ -639,6 +645,11 @@ class AuditStore(LogReads):
                 if problem is not None:
                     break
             last = rows[-1]["seq"]
+            if problem is None and progress is not None and last < upper \
+                    and not progress(walk.checked, upper):
+                return VerifyResult(True, walk.checked, stopped=True,
+                                    checkpoints_checked=tree.matched,
+                                    latest_checkpoint=kept.latest)
         if problem is None:
             problem = walk.check_head(head_seq, head_hash)
         if problem is None:

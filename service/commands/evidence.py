@@ -36,29 +36,49 @@ def prove_command(args: argparse.Namespace, out: TextIO) -> int:
     verifier = verifier_from_args(args)
 
     def run(store: AuditStore) -> int:
-        record = store.get(args.id)
-        if record is None:
-            print(f"not found: {args.id}", file=sys.stderr)
-            return EXIT_BAD
-        receipt = store.receipt(args.id)
-        if receipt is None:
-            print(f"error: no signed checkpoint covers decision {args.id} yet", file=sys.stderr)
-            return EXIT_ERROR
-        archived = store.ruleset(record["ruleset_sha256"])
-        if archived is None:
-            print(f"error: ruleset {record['ruleset_sha256']} is not archived",
-                  file=sys.stderr)
-            return EXIT_ERROR
-        bundle = {"schema": SCHEMA, "record": record,
-                  "ruleset": {k: archived[k] for k in ("sha256", "name", "version", "files")},
-                  "checkpoint": receipt.pop("checkpoint"), "inclusion": receipt,
-                  "verifier_key": verifier.text}
-        _write(args.out, json.dumps(bundle, indent=2, sort_keys=True, ensure_ascii=False))
-        print(f"wrote {args.out}: decision {args.id}, leaf {receipt['leaf_index']} of "
-              f"{receipt['tree_size']}", file=out)
+        try:
+            bundle = make_bundle(store, args.id, verifier.text)
+        except BundleUnavailable as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_BAD if exc.not_found else EXIT_ERROR
+        _write(args.out, bundle_text(bundle))
+        inclusion = bundle["inclusion"]
+        print(f"wrote {args.out}: decision {args.id}, leaf {inclusion['leaf_index']} of "
+              f"{inclusion['tree_size']}", file=out)
         return EXIT_OK
 
     return with_store(audit_url(args), sys.stderr, run)
+
+
+class BundleUnavailable(LookupError):
+    """No bundle can be made for the decision (`not_found`: no such decision)."""
+
+    def __init__(self, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+def make_bundle(store: AuditStore, decision_id: str, verifier_key: str) -> dict[str, Any]:
+    """The evidence bundle of a recorded decision: its record, its ruleset's files, the
+    first signed checkpoint covering it and its inclusion proof there."""
+    record = store.get(decision_id)
+    if record is None:
+        raise BundleUnavailable(f"not found: {decision_id}", not_found=True)
+    receipt = store.receipt(decision_id)
+    if receipt is None:
+        raise BundleUnavailable(f"error: no signed checkpoint covers decision {decision_id} "
+                                "yet")
+    archived = store.ruleset(record["ruleset_sha256"])
+    if archived is None:
+        raise BundleUnavailable(f"error: ruleset {record['ruleset_sha256']} is not archived")
+    return {"schema": SCHEMA, "record": record,
+            "ruleset": {k: archived[k] for k in ("sha256", "name", "version", "files")},
+            "checkpoint": receipt.pop("checkpoint"), "inclusion": receipt,
+            "verifier_key": verifier_key}
+
+
+def bundle_text(bundle: dict[str, Any]) -> str:
+    return json.dumps(bundle, indent=2, sort_keys=True, ensure_ascii=False)
 
 
 def _write(path: str, text: str) -> None:

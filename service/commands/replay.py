@@ -1,13 +1,20 @@
 """`deficiency replay --candidate RULES`: the options, the audit log to read, and the
-report (`service.tooling.replay`) as text or JSON (`--format json`).
+report (`service.tooling.replay`) as text, JSON (`--format json`) or one
+self-contained HTML page (`--format html`, `service.tooling.replay_html`).
 
 `--since`/`--until` take an ISO date (midnight UTC) or an RFC 3339 timestamp with an
 offset (a time without one is refused); `--until` is exclusive. `--limit N` (default
-50) caps the changed decisions listed, in text and JSON alike; `--all` lists them all.
+50) caps the changed decisions listed, in every format; `--all` lists them all.
 
-Exit codes: 0 the report is complete; 1 the report is printed but some records
+`--out FILE` writes the report to FILE (whole or not at all: a temporary file beside
+it, then renamed) and prints one line saying so; HTML needs it. `--console-url URL`
+(HTML only) is the base of each decision's link, `URL/console/decisions/{id}`;
+without it the links are root-relative.
+
+Exit codes: 0 the report is complete; 1 the report is written but some records
 could not be decided again (listed under failures); 2 the question could not be
-asked (bad option, invalid candidate ruleset, audit log unreachable).
+asked (bad option, invalid candidate ruleset, audit log unreachable, --out not
+writable).
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from ..messages import first_and_more, one_line
 from ..timestamps import parse_timestamp
@@ -81,6 +91,46 @@ def limit_from_args(args: argparse.Namespace) -> int | None:
     return limit
 
 
+def output_from_args(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """(`--out` file or None for stdout, `--console-url` base), checked before any work."""
+    out = Path(args.out) if args.out else None
+    if args.format == "html" and out is None:
+        raise CliError("--format html writes a file: give --out FILE")
+    if out is not None:
+        if out.is_dir():
+            raise CliError(f"--out: {out} is a directory")
+        if not out.parent.is_dir():
+            raise CliError(f"--out: no directory {out.parent}")
+    console = args.console_url or ""
+    if console and args.format != "html":
+        raise CliError("--console-url: only with --format html")
+    if console:
+        try:
+            parts = urlsplit(console)
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc \
+                or parts.query or parts.fragment or any(c.isspace() for c in console):
+            raise CliError(f"--console-url: {console!r} is not an http:// or https:// base "
+                           "URL (no query or fragment)")
+    return out, console.rstrip("/")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whole or not at all: written to a new file beside `path`, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CliError(f"--out: cannot write {path}: {one_line(exc)}") from None
+
+
 def _shown_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -106,6 +156,7 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("--workers: must be from 1 to 256")
     filters = filters_from_args(args)
     limit = limit_from_args(args)
+    target, console_url = output_from_args(args)
     directory = Path(args.candidate)
     require_checked(directory, "candidate ruleset")
     try:
@@ -134,8 +185,18 @@ def replay_command(args: argparse.Namespace, out: TextIO) -> int:
         candidate={"name": rs.name, "version": rs.version, "sha256": rs.sha256},
         store=_shown_url(url), filters=filters, tally=tally,
         seconds=time.perf_counter() - started, named=named_in(rs), limit=limit)
-    if args.format == "json":
-        out.write(json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n")
+    if args.format == "html":
+        from ..tooling.replay_html import render_html
+
+        text = render_html(report, console_url)
+    elif args.format == "json":
+        text = json.dumps(report_json(report), indent=2, ensure_ascii=False) + "\n"
     else:
-        out.write(render_text(report))
+        text = render_text(report)
+    if target is None:
+        out.write(text)
+    else:
+        write_atomically(target, text)
+        out.write(f"wrote {target}: {args.format} replay report, {tally.changed:,} changed "
+                  f"of {tally.evaluated:,} replayed, {len(tally.failures):,} failed\n")
     return EXIT_FAILURES if tally.failures else EXIT_OK

@@ -18,6 +18,7 @@ from typing import Any
 from ..engine.decide import Decider
 from ..facts import validate_facts
 from ..policy.loader import load_ruleset, sources_digest
+from ..policy.model import Ruleset
 
 #: Decision fields that are not the outcome: never compared. The trace says how the
 #: outcome was reached, and its shape may grow between releases (the constants a rule
@@ -31,6 +32,11 @@ class ArchiveError(ValueError):
 
 def ruleset_from_files(files: Mapping[str, str], sha256: str) -> Decider:
     """A decider for the archived files, whose sha256 must be `sha256`."""
+    return Decider(archived_ruleset(files, sha256))
+
+
+def archived_ruleset(files: Mapping[str, str], sha256: str) -> Ruleset:
+    """The ruleset the archived files make, whose sha256 must be `sha256`."""
     if not isinstance(files, Mapping) or not files:
         raise ArchiveError("the archived ruleset has no files")
     sources = sorted((name, text.encode("utf-8")) for name, text in files.items())
@@ -45,7 +51,7 @@ def ruleset_from_files(files: Mapping[str, str], sha256: str) -> Decider:
         ruleset = load_ruleset(tmp)
     if ruleset.sha256 != sha256:  # pragma: no cover - the digest was checked above
         raise ArchiveError("the rebuilt ruleset's sha256 differs")
-    return Decider(ruleset)
+    return ruleset
 
 
 def decide_again(decider: Decider, record: Mapping[str, Any]) -> dict[str, Any]:

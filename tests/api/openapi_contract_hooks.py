@@ -23,6 +23,8 @@ _INTEGER_FACTS = [f.path.split(".") for f in FIELDS if f.kind == "int"]
 
 
 _SIZE = re.compile(SIZE_PATTERN)
+#: The operations whose request body is a facts document.
+_FACTS_BODIES = {("POST", "/v1/decisions"), ("POST", "/v1/simulations")}
 
 
 def _sizes_within_the_log(query: dict[str, Any]) -> None:
@@ -53,8 +55,7 @@ def map_query(context: Any, query: dict[str, Any] | None) -> dict[str, Any] | No
 def map_body(context: Any, body: Any) -> Any:
     """Integer facts spelled as whole floats (`903.0`), spelled as integers (`903`)."""
     operation = context.operation
-    if operation is None or (operation.method.upper(), operation.path) != ("POST",
-                                                                           "/v1/decisions"):
+    if operation is None or (operation.method.upper(), operation.path) not in _FACTS_BODIES:
         return body
     for parts in _INTEGER_FACTS:
         node = body

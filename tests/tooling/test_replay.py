@@ -593,7 +593,7 @@ def test_the_default_limit_is_50() -> None:
 
 REPLAY_OPTIONS = {"--candidate", "--config", "--url", "--since", "--until", "--jurisdiction",
                   "--loan-type", "--ruleset-version", "--workers", "--format", "--limit",
-                  "--all"}
+                  "--all", "--out", "--console-url"}
 
 
 def test_every_replay_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,76 @@
+"""Rulesets: the active version and the archived ones; one ruleset's stages and rules by
+priority with their basis, its YAML source with line numbers, what `deficiency check`
+reports on it and (for the active one) its policy tests with coverage.
+
+The check and the tests run once per ruleset per worker, in a process of their own
+(`tooling.review`), and are kept."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, abort, render_template
+
+from ..api.handle import service
+from ..tooling.review import review_apart
+from .present import rulesets as built_rulesets
+from .session import user
+
+bp = Blueprint("rulesets", __name__)
+
+_reviews: dict[str, dict[str, Any]] = {}
+_reviews_lock = threading.Lock()
+
+
+@bp.get("/rulesets")
+def index() -> Any:
+    svc = service()
+    archived: list[dict[str, Any]] = []
+    if "audit:read" in user().scopes:
+        archived = svc.audit.store().archived_rulesets()
+    return render_template("console/rulesets.html", active=svc.rulesets.info,
+                           archived=archived, can_read_log="audit:read" in user().scopes)
+
+
+def _review(sha256: str, sources: tuple[tuple[str, str], ...], active: bool) -> dict[str, Any]:
+    with _reviews_lock:
+        if sha256 in _reviews:
+            return _reviews[sha256]
+    if active:
+        # The configured directory, with its tests; its sha256 says whether the files
+        # there are still the active version.
+        review = review_apart(str(service().config.rules.dir), with_tests=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
+            for name, text in sources:
+                (Path(tmp) / name).write_text(text, "utf-8")
+            review = review_apart(tmp, with_tests=False)
+    if review["sha256"] == sha256:
+        with _reviews_lock:
+            _reviews[sha256] = review
+    return review
+
+
+@bp.get("/rulesets/<sha256>")
+def one(sha256: str) -> Any:
+    svc = service()
+    active = svc.rulesets.ruleset
+    is_active = sha256 == active.sha256
+    if not is_active and "audit:read" not in user().scopes:
+        return render_template(
+            "console/error.html", status=403, title="Not allowed",
+            message=f"The key {user().name!r} lacks the scope 'audit:read' that archived "
+                    "rulesets need."), 403
+    rs = built_rulesets().get(sha256) if len(sha256) == 64 else None
+    if rs is None:
+        abort(404, f"No ruleset {sha256} is active or archived.")
+    stages = [(stage, sorted(rs.stage_rules(stage), key=lambda r: (-r.priority, r.order)))
+              for stage in rs.stages]
+    files = [(name, text.splitlines()) for name, text in rs.sources]
+    review = _review(sha256, rs.sources, is_active)
+    return render_template("console/ruleset.html", rs=rs, stages=stages, files=files,
+                           review=review, is_active=is_active,
+                           stale=review["sha256"] != sha256)
