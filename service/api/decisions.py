@@ -205,16 +205,22 @@ def _replay(record: dict[str, Any], body_hash: str) -> Response:
                          {**_location(record["decision_id"]), "Idempotent-Replayed": "true"})
 
 
+def read_facts(svc: Service) -> tuple[Any, dict[str, Any]]:
+    """The request's facts document and its validated facts; the 4xx problems of a
+    body that is not a valid facts document otherwise (each field named)."""
+    doc = read_json_body(svc, svc.config.limits.max_json_depth)
+    try:
+        return doc, facts_mod.validate_facts(doc)
+    except FactsInvalid as exc:
+        raise problems.invalid_facts(exc.errors) from None
+
+
 @bp.post("/v1/decisions")
 def post_decision() -> Response:
     principal = authorize("decide")
     svc = service()
     key = _idempotency_key()
-    doc = read_json_body(svc, svc.config.limits.max_json_depth)
-    try:
-        facts = facts_mod.validate_facts(doc)
-    except FactsInvalid as exc:
-        raise problems.invalid_facts(exc.errors) from None
+    doc, facts = read_facts(svc)
 
     scoped_key = body_hash = None
     if key is not None:

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from .. import facts as facts_mod
 from ..engine.whynot import why_not
-from ..facts import FactsInvalid
-from . import problems
-from .decisions import read_json_body
+from .decisions import read_facts
 from .handle import authorize, json_response, service
 
 bp = Blueprint("simulations", __name__)
@@ -26,11 +23,7 @@ bp = Blueprint("simulations", __name__)
 def post_simulation() -> Response:
     authorize("decide")
     svc = service()
-    doc = read_json_body(svc, svc.config.limits.max_json_depth)
-    try:
-        facts = facts_mod.validate_facts(doc)
-    except FactsInvalid as exc:
-        raise problems.invalid_facts(exc.errors) from None
+    _, facts = read_facts(svc)
     with svc.rulesets.use() as decider:
         decision = decider.decide_facts(facts)
         entries = why_not(decider.rs, facts)

@@ -432,3 +432,14 @@ def test_without_a_usable_session_key_the_console_says_why_and_the_api_works(
     assert "console.session_key" in r.text and "at least 32" in r.text
     assert client.post("/v1/decisions", json=CAR, headers={
         "Authorization": f"Bearer {KEYS['author'][0]}"}).status_code == 201
+
+
+def test_one_verification_at_a_time(app: Flask) -> None:
+    client = signed_in(app, "examiner")
+    csrf = token(client, "/console/log")
+    with console_log._one_at_a_time:  # a verification is running
+        r = client.post("/console/log/verify", data={"csrf_token": csrf})
+        assert r.status_code == 429 and "being verified already" in r.text
+    r = client.post("/console/log/verify", data={"csrf_token": csrf})
+    assert r.status_code == 200 and 'id="verify-result">✓' in r.text
+    assert r.text.rstrip().endswith("</html>") and r.text.count("</html>") == 1

@@ -20,6 +20,7 @@ from service import facts as facts_mod
 from service.engine.decide import Decider
 from service.engine.runtime import EngineLimit
 from service.policy.loader import load_ruleset
+from service.policy.model import Ruleset
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 VOLATILE = ("decision_id", "evaluated_at", "duration_ms")
@@ -193,13 +194,9 @@ def generated_case(draw: st.DrawFn):
     return conds, sample
 
 
-@settings(max_examples=400, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                 HealthCheck.function_scoped_fixture])
-@given(case=generated_case())
-def test_compiled_conditions_agree_with_reference(tmp_path_factory, case):
-    conds, sample = case
-    d = tmp_path_factory.mktemp("gen")
+def generated_ruleset(d: Path, conds: list[str]) -> Ruleset:
+    """A one-stage ruleset in `d` with one rule per generated condition (rule `r<i>`,
+    priority i)."""
     rules = "\n".join(textwrap.dedent(f"""\
       - id: r{i}
         description: generated
@@ -211,8 +208,17 @@ def test_compiled_conditions_agree_with_reference(tmp_path_factory, case):
         enumerate(conds))
     (d / "rules.yaml").write_text(
         "ruleset: gen\nversion: '1'\nstages: [s]\n"
-        "constants: {limits: {CA: 90, NV: 180}}\nrules:\n" + textwrap.indent(rules, ""))
-    rs = load_ruleset(d)
+        "constants: {limits: {CA: 90, NV: 180}}\nrules:\n" + rules)
+    return load_ruleset(d)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(case=generated_case())
+def test_compiled_conditions_agree_with_reference(tmp_path_factory, case):
+    conds, sample = case
+    rs = generated_ruleset(tmp_path_factory.mktemp("gen"), conds)
     try:
         engine = Decider(rs, "durable")
     except EngineLimit as exc:

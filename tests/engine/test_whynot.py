@@ -21,7 +21,7 @@ from service.policy.model import Ruleset
 from service.tooling.testing import load_cases
 
 from .test_differential import facts as default_policy_facts
-from .test_differential import generated_case
+from .test_differential import generated_case, generated_ruleset
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 FIELDS = ("stage", "rule", "priority", "path", "actual", "needs", "message")
@@ -230,20 +230,7 @@ def test_generated_facts_report_exactly_the_rules_the_engine_did_not_match(
 def test_generated_conditions_are_false_exactly_when_holds_says_so(tmp_path_factory,
                                                                    case) -> None:
     conds, sample = case
-    d = tmp_path_factory.mktemp("whynot")
-    rules = "\n".join(textwrap.dedent(f"""\
-      - id: r{i}
-        description: generated
-        basis: generated
-        stage: s
-        priority: {i}
-        when: {c}
-        then: {{outcome.bearer: borrower, outcome.action: close}}""") for i, c in
-        enumerate(conds))
-    (d / "rules.yaml").write_text(
-        "ruleset: gen\nversion: '1'\nstages: [s]\n"
-        "constants: {limits: {CA: 90, NV: 180}}\nrules:\n" + rules)
-    gen = load_ruleset(d)
+    gen = generated_ruleset(tmp_path_factory.mktemp("whynot"), conds)
     reference = Decider(gen, "reference")
     for raw in sample:
         f = facts_mod.validate_facts(raw)
