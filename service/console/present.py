@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,25 @@ _KEPT = 16  # archived rulesets kept built per worker
 
 
 class Rulesets:
-    """Rulesets by sha256: the active one, else built from the log's archive (once)."""
+    """Rulesets by sha256: the active one, else built from the log's archive (once);
+    and their reviews (`tooling.review`), kept once made."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._built: dict[str, Ruleset] = {}
+        self._reviews: dict[str, dict[str, Any]] = {}
+
+    def review(self, sha256: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The review of `sha256`: kept, else `make()` (kept when it is of that ruleset:
+        a directory whose files changed meanwhile gives another sha256)."""
+        with self._lock:
+            if sha256 in self._reviews:
+                return self._reviews[sha256]
+        review = make()
+        if review["sha256"] == sha256:
+            with self._lock:
+                self._reviews[sha256] = review
+        return review
 
     def get(self, sha256: str) -> Ruleset | None:
         active = service().rulesets.ruleset

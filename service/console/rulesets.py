@@ -3,12 +3,11 @@ priority with their basis, its YAML source with line numbers, what `deficiency c
 reports on it and (for the active one) its policy tests with coverage.
 
 The check and the tests run once per ruleset per worker, in a process of their own
-(`tooling.review`), and are kept."""
+(`tooling.review`), and are kept (`present.Rulesets`)."""
 
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,6 @@ from .session import user
 
 bp = Blueprint("rulesets", __name__)
 
-_reviews: dict[str, dict[str, Any]] = {}
-_reviews_lock = threading.Lock()
-
-
 @bp.get("/rulesets")
 def index() -> Any:
     svc = service()
@@ -35,23 +30,15 @@ def index() -> Any:
                            archived=archived, can_read_log="audit:read" in user().scopes)
 
 
-def _review(sha256: str, sources: tuple[tuple[str, str], ...], active: bool) -> dict[str, Any]:
-    with _reviews_lock:
-        if sha256 in _reviews:
-            return _reviews[sha256]
+def _review(sources: tuple[tuple[str, str], ...], active: bool) -> dict[str, Any]:
     if active:
         # The configured directory, with its tests; its sha256 says whether the files
         # there are still the active version.
-        review = review_apart(str(service().config.rules.dir), with_tests=True)
-    else:
-        with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
-            for name, text in sources:
-                (Path(tmp) / name).write_text(text, "utf-8")
-            review = review_apart(tmp, with_tests=False)
-    if review["sha256"] == sha256:
-        with _reviews_lock:
-            _reviews[sha256] = review
-    return review
+        return review_apart(str(service().config.rules.dir), with_tests=True)
+    with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
+        for name, text in sources:
+            (Path(tmp) / name).write_text(text, "utf-8")
+        return review_apart(tmp, with_tests=False)
 
 
 @bp.get("/rulesets/<sha256>")
@@ -70,7 +57,7 @@ def one(sha256: str) -> Any:
     stages = [(stage, sorted(rs.stage_rules(stage), key=lambda r: (-r.priority, r.order)))
               for stage in rs.stages]
     files = [(name, text.splitlines()) for name, text in rs.sources]
-    review = _review(sha256, rs.sources, is_active)
+    review = built_rulesets().review(sha256, lambda: _review(rs.sources, is_active))
     return render_template("console/ruleset.html", rs=rs, stages=stages, files=files,
                            review=review, is_active=is_active,
                            stale=review["sha256"] != sha256)

@@ -35,6 +35,7 @@ ANY_KEY = "any valid key"
 ACCESS = {
     "decide": "decide",
     "decideBatch": "decide",
+    "simulate": "decide",
     "listDecisions": "audit:read",
     "getDecision": "audit:read",
     "getCheckpoint": "audit:read",
