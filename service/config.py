@@ -105,6 +105,8 @@ class AuthConfig:
 class ConsoleConfig:
     #: A console session ends after this many minutes without a request.
     session_idle_minutes: int = 30
+    #: A console session ends this many hours after sign-in, however active.
+    session_max_hours: int = 12
     #: The secret session cookies are signed with (a file); None: beside the audit log's
     #: signing key by default (`AuditConfig.data_dir / "console-session-key"`).
     session_key: Path | None = None
@@ -298,7 +300,8 @@ _SETTINGS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "max_json_depth": _int(4, 256),
     },
     "auth": {"keys": _keys},
-    "console": {"session_idle_minutes": _int(1, 7 * 24 * 60), "session_key": _file_path,
+    "console": {"session_idle_minutes": _int(1, 7 * 24 * 60),
+                "session_max_hours": _int(1, 30 * 24), "session_key": _file_path,
                 "secure_cookie": _bool},
 }
 

@@ -68,7 +68,8 @@ def create_app(
         console_secret: bytes | str = session_secret(config)
     except ValueError as exc:  # the API works on; the console says why it cannot
         log.error("console unavailable: %s", exc)
-        console_secret = str(exc)
+        console_secret = ("The console has no usable session key (console.session_key); "
+                          "the server's log says why.")
     app = Flask("service.api")
     # One byte over the limit: werkzeug stops a streamed (chunked) body there without
     # an error, so a body that reaches limit + 1 bytes is known to be too large.
@@ -105,6 +106,7 @@ def create_app(
 
     install_console(app, secret=console_secret,
                     idle_minutes=config.console.session_idle_minutes,
+                    max_hours=config.console.session_max_hours,
                     secure_cookie=config.console.secure_cookie)
     problems.register(app, lambda p: svc.metrics.errors.labels(p.kind).inc())
 

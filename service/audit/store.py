@@ -120,6 +120,20 @@ def _decode_cursor(cursor: str) -> int:
     return int(text)
 
 
+def _equal(ruleset_version: str | None,
+           paths: Mapping[str, str]) -> list[sa.ColumnElement[bool]]:
+    """SQL for `query`'s equality filters (JSON paths read as text, on either database)."""
+    filters = []
+    if ruleset_version is not None:
+        filters.append(_records.c.ruleset_version == ruleset_version)
+    for dotted, value in paths.items():
+        column, *path = dotted.split(".")
+        if column not in ("decision", "facts") or not path or not all(path):
+            raise ValueError(f"{dotted!r} is not a path into a record's decision or facts")
+        filters.append(_records.c[column][tuple(path)].as_string() == value)
+    return filters
+
+
 def _aware(name: str, value: datetime | None) -> datetime | None:
     if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
         raise ValueError(f"{name} must be a timezone-aware datetime")
@@ -478,18 +492,23 @@ class AuditStore(LogReads):
         until: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        ruleset_version: str | None = None,
+        equal: Mapping[str, str] | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Records newest first (by seq, i.e. commit order), one page at a time.
 
-        `since` is inclusive and `until` exclusive, on recorded_at. Pass the
-        returned cursor back to get the next (older) page; None means no more.
-        Raises ValueError for a malformed cursor, a naive datetime or a limit
-        outside 1..MAX_QUERY_LIMIT.
+        `since` is inclusive and `until` exclusive, on recorded_at. `equal` maps a
+        dotted path into a record's `decision` or `facts` document
+        (`"decision.outcome.bearer"`, `"facts.jurisdiction"`) to the text it must hold.
+        Pass the returned cursor back to get the next (older) page; None means no more.
+        Raises ValueError for a malformed cursor, a naive datetime, a path outside
+        those two documents or a limit outside 1..MAX_QUERY_LIMIT.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) \
                 or not 1 <= limit <= MAX_QUERY_LIMIT:
             raise ValueError(f"limit must be an integer from 1 to {MAX_QUERY_LIMIT}")
-        statement = sa.select(_records).where(*self._filters(loan_id, since, until))
+        statement = sa.select(_records).where(*self._filters(loan_id, since, until),
+                                              *_equal(ruleset_version, equal or {}))
         if cursor is not None:
             statement = statement.where(_records.c.seq < _decode_cursor(cursor))
         statement = statement.order_by(_records.c.seq.desc()).limit(limit + 1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from ..timestamps import parse_timestamp
 from ..tooling.reproduce import ArchiveError, decide_again, differences, ruleset_from_files
 from .audit import EXIT_BAD, EXIT_ERROR, EXIT_OK, audit_url, with_store
 from .errors import CliError
+from .files import write_atomically
 from .logkeys import unb64, verifier_from_args
 
 SCHEMA = "deficiency.evidence/1"
@@ -39,9 +39,9 @@ def prove_command(args: argparse.Namespace, out: TextIO) -> int:
         try:
             bundle = make_bundle(store, args.id, verifier.text)
         except BundleUnavailable as exc:
-            print(str(exc), file=sys.stderr)
+            print(str(exc) if exc.not_found else f"error: {exc}", file=sys.stderr)
             return EXIT_BAD if exc.not_found else EXIT_ERROR
-        _write(args.out, bundle_text(bundle))
+        write_atomically(Path(args.out), bundle_text(bundle) + "\n")
         inclusion = bundle["inclusion"]
         print(f"wrote {args.out}: decision {args.id}, leaf {inclusion['leaf_index']} of "
               f"{inclusion['tree_size']}", file=out)
@@ -66,11 +66,11 @@ def make_bundle(store: AuditStore, decision_id: str, verifier_key: str) -> dict[
         raise BundleUnavailable(f"not found: {decision_id}", not_found=True)
     receipt = store.receipt(decision_id)
     if receipt is None:
-        raise BundleUnavailable(f"error: no signed checkpoint covers decision {decision_id} "
+        raise BundleUnavailable(f"no signed checkpoint covers decision {decision_id} "
                                 "yet")
     archived = store.ruleset(record["ruleset_sha256"])
     if archived is None:
-        raise BundleUnavailable(f"error: ruleset {record['ruleset_sha256']} is not archived")
+        raise BundleUnavailable(f"ruleset {record['ruleset_sha256']} is not archived")
     return {"schema": SCHEMA, "record": record,
             "ruleset": {k: archived[k] for k in ("sha256", "name", "version", "files")},
             "checkpoint": receipt.pop("checkpoint"), "inclusion": receipt,
@@ -79,18 +79,6 @@ def make_bundle(store: AuditStore, decision_id: str, verifier_key: str) -> dict[
 
 def bundle_text(bundle: dict[str, Any]) -> str:
     return json.dumps(bundle, indent=2, sort_keys=True, ensure_ascii=False)
-
-
-def _write(path: str, text: str) -> None:
-    """Whole or not at all: written beside, then renamed."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text + "\n", "utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CliError(f"--out: {one_line(exc)}") from None
 
 
 def check_bundle_command(args: argparse.Namespace, out: TextIO) -> int:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import TextIO
@@ -44,6 +42,7 @@ from ..tooling.replay import (
 )
 from .audit import audit_url, open_existing
 from .errors import CliError
+from .files import write_atomically
 from .rules import require_checked
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -114,21 +113,6 @@ def output_from_args(args: argparse.Namespace) -> tuple[Path | None, str]:
             raise CliError(f"--console-url: {console!r} is not an http:// or https:// base "
                            "URL (no query or fragment)")
     return out, console.rstrip("/")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Whole or not at all: written to a new file beside `path`, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise CliError(f"--out: cannot write {path}: {one_line(exc)}") from None
 
 
 def _shown_url(url: str) -> str:

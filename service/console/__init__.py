@@ -15,7 +15,7 @@ from .present import EXTENSION, Rulesets
 from .session import ConsoleSessions, console_blueprint, csrf
 
 
-def install(app: Flask, *, secret: bytes | str, idle_minutes: int,
+def install(app: Flask, *, secret: bytes | str, idle_minutes: int, max_hours: int,
             secure_cookie: bool) -> None:
     """Register the console on `app`: its blueprints, the signed session cookie
     (HttpOnly, SameSite=Strict; Secure when `secure_cookie`) and CSRF protection for
@@ -37,6 +37,7 @@ def install(app: Flask, *, secret: bytes | str, idle_minutes: int,
         SESSION_COOKIE_SECURE=secure_cookie,
         SESSION_COOKIE_PATH="/console",
         CONSOLE_IDLE_SECONDS=idle_minutes * 60,
+        CONSOLE_MAX_SECONDS=max_hours * 3600,
         # CSRFProtect checks only what the console asks it to (its forms' posts).
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session

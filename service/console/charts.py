@@ -46,6 +46,9 @@ class Chart:
     width: int
     height: int
     axis_y: int
+    #: The sale paid the claim with money left over (the last bar is the surplus).
+    surplus: bool
+    bar_width: int = BAR_WIDTH
 
 
 def _steps(amounts: dict[str, Any], outcome: dict[str, Any]) -> list[Bar]:
@@ -92,4 +95,5 @@ def waterfall(decision: dict[str, Any]) -> Chart:
                           x=LEFT + i * (BAR_WIDTH + GAP), y=top,
                           height=max(bottom - top, 1)))
     width = LEFT * 2 + len(bars) * (BAR_WIDTH + GAP) - GAP
-    return Chart(tuple(placed), width, TOP + PLOT_HEIGHT + BOTTOM, y(Decimal(0)))
+    return Chart(tuple(placed), width, TOP + PLOT_HEIGHT + BOTTOM, y(Decimal(0)),
+                 surplus=bars[-1].kind == "surplus")

@@ -2,9 +2,9 @@
 ruleset version and jurisdiction), page through it, take the page as CSV; one decision
 with its amounts, trace, why-not, receipt check and evidence bundle.
 
-Loan id and time range are asked of the database; the other filters read each record,
-newest first, at most `SCAN_BUDGET` records per page, and the page says where it
-stopped so the next one goes on from there.
+Every filter but the deciding rule is asked of the database; the deciding rule (in the
+trace) is read from the records it returns, newest first, at most `SCAN_BUDGET` records
+per page, and the page says where it stopped so the next one goes on from there.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,16 +21,20 @@ from flask import Blueprint, Response, abort, render_template, request
 from ..api.decisions import stored_decision
 from ..api.handle import service
 from ..audit import StoreUnavailable
+from ..audit.notes import Verifier
+from ..audit.record_check import check_record
 from ..audit.store import encode_cursor
 from ..commands.evidence import BundleUnavailable, bundle_text, make_bundle
-from ..facts import FACT_ENUMS, FIELDS_BY_PATH, JURISDICTIONS
+from ..facts import FIELDS_BY_PATH, JURISDICTIONS
 from ..policy.schema import ACTIONS, BEARERS
-from .present import check_receipt, deciding_rule, decision_view, rulesets
+from ..tooling.replay import deciding_rule
+from .present import decision_view, rulesets
 from .session import needs
 
 bp = Blueprint("decisions", __name__)
 
 PAGE = 50
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 SCAN_BUDGET = 5000
 _BATCH = 500
 _LOAN_ID_MAX = FIELDS_BY_PATH["loan.id"].max_length or 128
@@ -68,12 +73,10 @@ def parse_search(args: Any) -> Search:
         s.errors.append(("loan_id", f"at most {_LOAN_ID_MAX} printable characters"))
     for name in ("since", "until"):
         text = getattr(s, name)
-        if text:
-            try:
-                datetime.date.fromisoformat(text)
-            except ValueError:
-                s.errors.append((name, f"{text!r} is not a date (YYYY-MM-DD)"))
-    if s.since and s.until and not s.errors and s.since > s.until:
+        if text and _day(text) is None:
+            s.errors.append((name, f"{text!r} is not a date (YYYY-MM-DD)"))
+    since, until = _day(s.since), _day(s.until)
+    if since is not None and until is not None and since > until:
         s.errors.append(("until", "must not be before since"))
     for name, allowed in (("bearer", BEARERS), ("action", ACTIONS),
                           ("jurisdiction", JURISDICTIONS)):
@@ -85,22 +88,29 @@ def parse_search(args: Any) -> Search:
     return s
 
 
-def _moment(day: str, *, after: bool = False) -> datetime.datetime | None:
-    if not day:
+def _day(text: str) -> datetime.date | None:
+    """A date written YYYY-MM-DD (nothing else `fromisoformat` would take), or None."""
+    if not _DATE.fullmatch(text):
         return None
-    start = datetime.datetime.combine(datetime.date.fromisoformat(day), datetime.time(),
-                                      datetime.UTC)
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _moment(text: str, *, after: bool = False) -> datetime.datetime | None:
+    day = _day(text)
+    if day is None:
+        return None
+    start = datetime.datetime.combine(day, datetime.time(), datetime.UTC)
     return start + datetime.timedelta(days=1) if after else start
 
 
-def _matches(s: Search, record: dict[str, Any]) -> bool:
-    decision, facts = record["decision"], record["facts"]
-    outcome = decision.get("outcome") or {}
-    return ((not s.bearer or outcome.get("bearer") == s.bearer)
-            and (not s.action or outcome.get("action") == s.action)
-            and (not s.version or record["ruleset_version"] == s.version)
-            and (not s.jurisdiction or facts.get("jurisdiction") == s.jurisdiction)
-            and (not s.rule or deciding_rule({"trace": record["trace"]}) == s.rule))
+def _equal(s: Search) -> dict[str, str]:
+    """The filters the database answers, as paths into a record's documents."""
+    paths = {"decision.outcome.bearer": s.bearer, "decision.outcome.action": s.action,
+             "facts.jurisdiction": s.jurisdiction}
+    return {path: value for path, value in paths.items() if value}
 
 
 @dataclass
@@ -120,10 +130,11 @@ def run_search(s: Search) -> Page:
     since, until = _moment(s.since), _moment(s.until, after=True)
     while True:
         batch, after = store.query(loan_id=s.loan_id or None, since=since, until=until,
+                                   ruleset_version=s.version or None, equal=_equal(s),
                                    limit=_BATCH, cursor=cursor)
         for record in batch:
             scanned += 1
-            if _matches(s, record):
+            if not s.rule or deciding_rule(record["trace"]) == s.rule:
                 rows.append(_row(record))
             if len(rows) == PAGE or scanned == SCAN_BUDGET:
                 more = after is not None or record is not batch[-1]
@@ -144,7 +155,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
         "bearer": outcome.get("bearer"), "action": outcome.get("action"),
         "deficiency": amounts.get("deficiency"), "borrower_owes": outcome.get("borrower_owes"),
         "lender_absorbs": outcome.get("lender_absorbs"),
-        "deciding_rule": deciding_rule({"trace": record["trace"]}),
+        "deciding_rule": deciding_rule(record["trace"]),
         "ruleset_version": record["ruleset_version"],
     }
 
@@ -152,8 +163,7 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
 def _choices() -> dict[str, Any]:
     rs = service().rulesets.ruleset
     return {"bearers": BEARERS, "actions": ACTIONS, "jurisdictions": JURISDICTIONS,
-            "rules": [r.id for r in rs.rules if r.sets("outcome.bearer")],
-            "loan_types": FACT_ENUMS["loan.type"]}
+            "rules": [r.id for r in rs.rules if r.sets("outcome.bearer")]}
 
 
 @bp.get("/decisions")
@@ -212,8 +222,9 @@ def one(decision_id: str) -> Any:
     decision = stored_decision(record)
     rs = rulesets().get(record["ruleset_sha256"])
     view = decision_view(decision, record["facts"], rs)
+    vkey = store.verifier_key
     return render_template("console/decision.html", view=view, record=record,
-                           receipt=check_receipt(store, record), recorded=True)
+                           receipt=check_record(store, record, Verifier(vkey) if vkey else None))
 
 
 @bp.get("/decisions/<ulid:decision_id>/bundle")

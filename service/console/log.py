@@ -45,6 +45,7 @@ def _verify_in_thread(store: AuditStore, lines: queue.Queue[Any]) -> None:
     error, seconds) at the end."""
     started = time.monotonic()
     shown = [started]
+    result: VerifyResult | str = "the verification did not finish"
 
     def progress(checked: int, last_seq: int) -> bool:
         now = time.monotonic()
@@ -55,8 +56,7 @@ def _verify_in_thread(store: AuditStore, lines: queue.Queue[Any]) -> None:
 
     try:
         vkey = store.verifier_key
-        result: VerifyResult | str = store.verify(
-            verifier=Verifier(vkey) if vkey else None, progress=progress)
+        result = store.verify(verifier=Verifier(vkey) if vkey else None, progress=progress)
     except StoreUnavailable as exc:
         result = str(exc)
     except Exception:  # the page waits for an answer: it gets one
@@ -64,7 +64,7 @@ def _verify_in_thread(store: AuditStore, lines: queue.Queue[Any]) -> None:
         result = "the verification failed unexpectedly (the server's log has the details)"
     finally:
         _one_at_a_time.release()
-    lines.put(("done", result, time.monotonic() - started))
+        lines.put(("done", result, time.monotonic() - started))
 
 
 @bp.post("/log/verify")
@@ -77,8 +77,12 @@ def verify() -> Any:
             message="The log is being verified already (one verification at a time); try "
                     "again when it has finished."), 429
     lines: queue.Queue[Any] = queue.Queue()
-    threading.Thread(target=_verify_in_thread, args=(store, lines), daemon=True,
-                     name="console-verify").start()
+    try:
+        threading.Thread(target=_verify_in_thread, args=(store, lines), daemon=True,
+                         name="console-verify").start()
+    except BaseException:
+        _one_at_a_time.release()
+        raise
 
     # The page around the progress lines and the result, cut at its two markers.
     top, rest = render_template("console/verify.html",
@@ -88,9 +92,13 @@ def verify() -> Any:
     def page() -> Iterator[str]:
         yield top
         while True:
-            item = lines.get()
+            try:
+                item = lines.get(timeout=VERIFY_SECONDS + 60)
+            except queue.Empty:
+                item = ("done", "the verification did not answer in time", VERIFY_SECONDS)
             if item[0] == "progress":
-                yield f"<li>checked {item[1]:,} of {item[2]:,} records…</li>\n"
+                yield f"<li>checked {item[1]:,} records (the log's last is record " \
+                      f"{item[2]:,})…</li>\n"
                 continue
             _, result, seconds = item
             yield middle

@@ -5,6 +5,7 @@ view as a recorded one, why-not included. Needs the scope `decide`."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, abort, render_template, request
@@ -17,6 +18,7 @@ from .session import needs, user
 
 bp = Blueprint("playground", __name__)
 
+_INTEGER = re.compile(r"-?[0-9]{1,11}", re.ASCII)
 #: The form: one input per facts field, in SPEC order, grouped by section.
 SECTIONS = ("", "loan", "collateral", "disposition", "negotiation", "borrower")
 
@@ -40,8 +42,8 @@ def facts_from_form(form: Any) -> dict[str, Any]:
         value: Any = text
         if f.kind == "bool":
             value = {"true": True, "false": False}.get(text, text)
-        elif f.kind == "int" and text.lstrip("-").isdigit() and len(text) < 12:
-            value = int(text)
+        elif f.kind == "int" and _INTEGER.fullmatch(text):
+            value = int(text)  # else the text, which validation refuses by name
         node = doc
         *parents, leaf = f.path.split(".")
         for part in parents:

@@ -4,7 +4,6 @@ why not), and a record's receipt checked against the latest signed checkpoint.""
 
 from __future__ import annotations
 
-import base64
 import datetime
 import threading
 from collections.abc import Callable
@@ -14,12 +13,10 @@ from typing import Any
 from flask import current_app
 
 from ..api.handle import service
-from ..audit import AuditStore, merkle
-from ..audit.chain import record_hash
-from ..audit.notes import NoteError, Verifier
 from ..engine.whynot import why_not
 from ..facts import FactsInvalid, validate_facts
 from ..policy.model import Ruleset
+from ..tooling.replay import deciding_rule
 from ..tooling.reproduce import ArchiveError, archived_ruleset
 from .charts import waterfall
 
@@ -35,18 +32,24 @@ class Rulesets:
         self._lock = threading.Lock()
         self._built: dict[str, Ruleset] = {}
         self._reviews: dict[str, dict[str, Any]] = {}
+        self._reviewing = threading.Lock()
 
     def review(self, sha256: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """The review of `sha256`: kept, else `make()` (kept when it is of that ruleset:
-        a directory whose files changed meanwhile gives another sha256)."""
-        with self._lock:
-            if sha256 in self._reviews:
-                return self._reviews[sha256]
-        review = make()
-        if review["sha256"] == sha256:
+        """The review asked for `sha256`: kept, else `make()`, one at a time (each is a
+        process of its own). A review whose files turned out to be another version
+        (the rules directory changed on disk) is kept too, and says so by its sha256."""
+        with self._reviewing:
             with self._lock:
+                if sha256 in self._reviews:
+                    return self._reviews[sha256]
+            review = make()
+            if review["sha256"] is None:  # it did not finish, or the files do not load
+                return review
+            with self._lock:
+                if len(self._reviews) >= _KEPT:
+                    self._reviews.pop(next(iter(self._reviews)))
                 self._reviews[sha256] = review
-        return review
+            return review
 
     def get(self, sha256: str) -> Ruleset | None:
         active = service().rulesets.ruleset
@@ -74,21 +77,14 @@ def rulesets() -> Rulesets:
     return kept
 
 
-def deciding_rule(decision: dict[str, Any]) -> str | None:
-    """The rule that set the bearer (applied, not overridden)."""
-    for entry in decision.get("trace") or ():
-        if entry.get("applied") and "outcome.bearer" in (entry.get("set") or {}):
-            return str(entry["rule"])
-    return None
-
-
 @dataclass
 class DecisionView:
     decision: dict[str, Any]
     chart: Any
     trace: list[dict[str, Any]]
-    why_not: list[dict[str, Any]] | None  # None: the ruleset is not at hand
+    why_not: list[dict[str, Any]] | None  # None: not computed; `why_not_note` says why
     deciding_rule: str | None
+    why_not_note: str | None = None
 
 
 def _shown(value: Any) -> str:
@@ -109,57 +105,31 @@ def decision_view(decision: dict[str, Any], facts: Any, rs: Ruleset | None) -> D
         "matched": [(k, _shown(v)) for k, v in (e.get("matched") or {}).items()],
         "applied": bool(e.get("applied")), "overridden_by": e.get("overridden_by"),
         "set": [(k, _shown(v)) for k, v in (e.get("set") or {}).items()],
-        "error": e.get("error"),
+        "error": e.get("error"), "conflict": e.get("conflict") or [],
     } for e in decision.get("trace") or ()]
-    reasons = None
-    if rs is not None:
-        try:
-            day = datetime.date.fromisoformat(decision["as_of"])
-            reasons = why_not(rs, validate_facts(facts, today=day))
-        except (FactsInvalid, KeyError, ValueError):
-            reasons = None
-    return DecisionView(decision, waterfall(decision), rows, reasons, deciding_rule(decision))
+    reasons, note = _why_not(decision, facts, rs)
+    return DecisionView(decision, waterfall(decision), rows, reasons,
+                        deciding_rule(decision.get("trace")), note)
 
 
-@dataclass
-class ReceiptCheck:
-    ok: bool
-    message: str
-    tree_size: int | None = None
-    checkpoint: str | None = None
-
-
-def check_receipt(store: AuditStore, record: dict[str, Any]) -> ReceiptCheck:
-    """Whether the record, as the log holds it now, is in the tree of the latest signed
-    checkpoint: the record's hash recomputed from its content, its inclusion proof
-    checked against the checkpoint's root, the checkpoint's signature checked with the
-    service's verifier key."""
-    if record_hash(record) != record["hash"]:
-        return ReceiptCheck(False, "the record's content does not hash to its hash: it was "
-                                   "altered after it was written")
-    note = store.latest_checkpoint()
-    vkey = store.verifier_key
-    if note is None or vkey is None:
-        return ReceiptCheck(False, "the log holds no signed checkpoint yet")
+def _why_not(decision: dict[str, Any], facts: Any,
+             rs: Ruleset | None) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The rules that did not match and why, worked out again with the reference
+    evaluator; never contradicting the decision's own trace (a rule the trace shows as
+    matched is left out, and the page says so)."""
+    if rs is None:
+        return None, ("The ruleset that made this decision is neither active nor archived "
+                      "here, so the rules that did not match cannot be shown.")
     try:
-        checkpoint = Verifier(vkey).checkpoint(note)
-    except NoteError as exc:
-        return ReceiptCheck(False, f"the latest checkpoint does not verify: {exc}", None, note)
-    index = record["seq"] - 1
-    if index >= checkpoint.size:
-        return ReceiptCheck(False, f"not yet covered: the latest signed checkpoint is of "
-                                   f"{checkpoint.size} records, this is leaf {index}",
-                            checkpoint.size, note)
-    try:
-        proof = store.inclusion_proof(record["decision_id"], checkpoint.size)
-        if proof is None:
-            raise LookupError("the decision is not in the log")
-        merkle.verify_inclusion(index, checkpoint.size, merkle.record_leaf(record["hash"]),
-                                [base64.b64decode(h) for h in proof["inclusion_proof"]],
-                                checkpoint.root)
-    except (LookupError, merkle.ProofError) as exc:
-        return ReceiptCheck(False, f"the inclusion proof does not hold: {exc}",
-                            checkpoint.size, note)
-    return ReceiptCheck(True, f"leaf {index} is in the signed tree of {checkpoint.size} "
-                              f"records (checkpoint signed by {Verifier(vkey).name})",
-                        checkpoint.size, note)
+        day = datetime.date.fromisoformat(decision["as_of"])
+        reasons = why_not(rs, validate_facts(facts, today=day))
+    except (FactsInvalid, KeyError, ValueError) as exc:
+        return None, f"The stored facts cannot be evaluated again ({exc}), so the rules " \
+                     "that did not match cannot be shown."
+    traced = {e.get("rule") for e in decision.get("trace") or ()}
+    disagree = sorted({r["rule"] for r in reasons} & traced)
+    if not disagree:
+        return reasons, None
+    return ([r for r in reasons if r["rule"] not in traced],
+            f"Worked out again, {', '.join(disagree)} would not match, but the recorded "
+            "trace shows it matched; it is left out here.")

@@ -7,6 +7,7 @@ The check and the tests run once per ruleset per worker, in a process of their o
 
 from __future__ import annotations
 
+import multiprocessing
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from .present import rulesets as built_rulesets
 from .session import user
 
 bp = Blueprint("rulesets", __name__)
+#: How long a ruleset's check and tests may take before the page says so.
+REVIEW_SECONDS = 300.0
 
 @bp.get("/rulesets")
 def index() -> Any:
@@ -31,14 +34,22 @@ def index() -> Any:
 
 
 def _review(sources: tuple[tuple[str, str], ...], active: bool) -> dict[str, Any]:
-    if active:
-        # The configured directory, with its tests; its sha256 says whether the files
-        # there are still the active version.
-        return review_apart(str(service().config.rules.dir), with_tests=True)
-    with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
-        for name, text in sources:
-            (Path(tmp) / name).write_text(text, "utf-8")
-        return review_apart(tmp, with_tests=False)
+    try:
+        if active:
+            # The configured directory, with its tests; its sha256 says whether the
+            # files there are still the active version.
+            return review_apart(str(service().config.rules.dir), with_tests=True,
+                                timeout=REVIEW_SECONDS)
+        with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
+            for name, text in sources:
+                (Path(tmp) / name).write_text(text, "utf-8")
+            review = review_apart(tmp, with_tests=False, timeout=REVIEW_SECONDS)
+            review["check_text"] = review["check_text"].replace(tmp + "/", "")
+            return review
+    except multiprocessing.TimeoutError:
+        return {"sha256": None, "check_ok": False, "tests": None,
+                "check_text": f"The check did not finish in {REVIEW_SECONDS:.0f} s; run "
+                              "`deficiency check` on the rules."}
 
 
 @bp.get("/rulesets/<sha256>")
@@ -60,4 +71,4 @@ def one(sha256: str) -> Any:
     review = built_rulesets().review(sha256, lambda: _review(rs.sources, is_active))
     return render_template("console/ruleset.html", rs=rs, stages=stages, files=files,
                            review=review, is_active=is_active,
-                           stale=review["sha256"] != sha256)
+                           stale=review["sha256"] not in (None, sha256))

@@ -10,6 +10,7 @@ against `console.session_idle_minutes`. Forms that post carry a CSRF token
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -35,8 +36,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..api.auth import ANONYMOUS, MAX_KEY_CHARS, Principal
 from ..api.handle import service
+from ..audit import StoreUnavailable
 
 csrf = CSRFProtect()
+log = logging.getLogger("deficiency.console")
 
 #: Every console page: no script at all, styles and images from the console only.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self' data:; "
@@ -44,6 +47,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'
 #: Why the sign-in page is shown, by the `ended` query parameter.
 ENDED = {
     "idle": "Your session ended after {minutes} minutes without activity. Sign in again.",
+    "age": "Your session reached its limit of {hours} hours since sign-in. Sign in again.",
     "key": "The key this session was signed in with is no longer configured. Sign in "
            "with a current key.",
     "out": "You are signed out.",
@@ -68,9 +72,13 @@ def console_blueprint() -> Blueprint:
     bp.after_request(_secure_headers)
     bp.register_error_handler(CSRFError, _csrf_failed)
     bp.register_error_handler(HTTPException, _http_error)
+    bp.register_error_handler(StoreUnavailable, _store_unavailable)
+    bp.register_error_handler(Exception, _unexpected)
     bp.add_url_rule("/", "home", lambda: redirect("/console/decisions"))
     bp.add_url_rule("/sign-in", "sign_in", _sign_in, methods=["GET", "POST"])
-    bp.add_url_rule("/sign-out", "sign_out", _sign_out, methods=["POST"])
+    bp.add_url_rule("/sign-out", "sign_out", _sign_out, methods=["GET", "POST"])
+    # Any other path under /console/ is a page that does not exist: said as a page.
+    bp.add_url_rule("/<path:unknown>", "unknown", _unknown, methods=["GET", "POST"])
     return bp
 
 
@@ -114,6 +122,7 @@ def _admit() -> ResponseReturnValue | None:
                 return _to_sign_in(ended)
         else:
             g.console_user = principal
+            g.client = principal.name  # the access log names who read
     if request.method == "POST":
         csrf.protect()
     return None
@@ -125,10 +134,13 @@ def _session_user() -> tuple[Principal | None, str | None]:
     if not isinstance(name, str):
         return None, None
     now = int(time.time())
-    seen = session.get("seen")
+    seen, since = session.get("seen"), session.get("since")
     if not isinstance(seen, int) or now - seen > current_app.config["CONSOLE_IDLE_SECONDS"]:
         session.clear()
         return None, "idle"
+    if not isinstance(since, int) or now - since > current_app.config["CONSOLE_MAX_SECONDS"]:
+        session.clear()
+        return None, "age"
     keyring = service().keyring
     stamp = keyring.stamp(name, current_app.secret_key)  # type: ignore[arg-type]
     principal = keyring.principal(name)
@@ -171,18 +183,26 @@ def _sign_in() -> ResponseReturnValue:
             session.clear()
             session["key"] = principal.name
             session["stamp"] = keyring.stamp(principal.name, current_app.secret_key)  # type: ignore[arg-type]
-            session["seen"] = int(time.time())
+            session["seen"] = session["since"] = int(time.time())
             return redirect(nxt)
         error = "api_key: that is not a valid API key." if key else "api_key: enter your API key."
         status = 401
-    minutes = current_app.config["CONSOLE_IDLE_SECONDS"] // 60
-    notice = ENDED.get(request.args.get("ended", ""), "").format(minutes=minutes)
+    notice = ENDED.get(request.args.get("ended", ""), "").format(
+        minutes=current_app.config["CONSOLE_IDLE_SECONDS"] // 60,
+        hours=current_app.config["CONSOLE_MAX_SECONDS"] // 3600)
     return render_template("console/sign_in.html", next=nxt, error=error, notice=notice), status
 
 
-def _sign_out() -> Response:
+def _sign_out() -> ResponseReturnValue:
+    if request.method == "GET":  # a link, a reload: signing out takes the button
+        return render_template("console/sign_out.html")
     session.clear()
     return redirect("/console/sign-in?ended=out")
+
+
+def _unknown(unknown: str) -> ResponseReturnValue:
+    return render_template("console/error.html", status=404, title="Not Found",
+                           message="The console has no such page."), 404
 
 
 def _secure_headers(response: Response) -> Response:
@@ -199,6 +219,18 @@ def _csrf_failed(exc: CSRFError) -> ResponseReturnValue:
         message="This form was not sent by this console session (its CSRF token is "
                 f"missing or wrong: {exc.description}). Go back, reload the page and try "
                 "again."), 400
+
+
+def _store_unavailable(exc: StoreUnavailable) -> ResponseReturnValue:
+    return render_template("console/error.html", status=503, title="Log unavailable",
+                           message=f"{exc} Try again in a moment."), 503
+
+
+def _unexpected(exc: Exception) -> ResponseReturnValue:
+    log.error("unhandled %s in a console page", type(exc).__name__, exc_info=exc)
+    return render_template("console/error.html", status=500, title="Something went wrong",
+                           message="The page could not be made; the server's log has the "
+                                   "details."), 500
 
 
 def _http_error(exc: HTTPException) -> ResponseReturnValue:

@@ -176,7 +176,7 @@ def _operand_text(leaf: Leaf, ctx: dict, rs: Ruleset) -> str:
     """A literal as written; an expression as written with its value in this context."""
     if not leaf.is_expr:
         return _text(leaf.value)
-    written = expression_text(leaf.value)
+    written = ex.to_text(leaf.value)
     value = operand(leaf, ctx, rs)
     if value is not None:
         return written if value == _literal(leaf.value) else f"{written} ({_text(value)})"
@@ -200,33 +200,6 @@ def _undefined(node: Any, ctx: dict, rs: Ruleset) -> str:
         reason = str(exc)
         return reason if reason == "date out of range" else f"{reason} is absent"
     return "no value"  # pragma: no cover - operand() found none
-
-
-def expression_text(node: Any) -> str:
-    """An expression tree as text in the grammar of `policy.expr` (parenthesised only
-    where the grammar needs it)."""
-    if isinstance(node, ex.Num):
-        return str(node.value)
-    if isinstance(node, ex.Ref):
-        return node.name
-    if isinstance(node, ex.Lookup):
-        return f"{node.table}[{node.key}]"
-    if isinstance(node, ex.Neg):
-        inner = expression_text(node.operand)
-        return f"-({inner})" if isinstance(node.operand, ex.BinOp) else f"-{inner}"
-    if isinstance(node, ex.Call):
-        return f"{node.func}(" + ", ".join(expression_text(a) for a in node.args) + ")"
-    if isinstance(node, ex.BinOp):
-        left, right = expression_text(node.left), expression_text(node.right)
-        if node.op == "*":
-            if isinstance(node.left, ex.BinOp) and node.left.op != "*":
-                left = f"({left})"
-            if isinstance(node.right, ex.BinOp):
-                right = f"({right})"
-        elif isinstance(node.right, ex.BinOp) and node.right.op != "*":
-            right = f"({right})"  # a - (b + c)
-        return f"{left} {node.op} {right}"
-    raise TypeError(f"not an expression: {node!r}")
 
 
 # ------------------------------------------------------------------ values

@@ -436,3 +436,30 @@ def compile_expr(node: Any, constant: Any, tables: dict[str, dict]) -> Any:
         pick = min if node.func == "min" else max
         return lambda ctx: pick([f(ctx) for f in args])
     raise ExprError(f"cannot compile {node!r}")
+
+
+def to_text(node: Any) -> str:
+    """An expression tree as text in this grammar, parenthesised only where it needs
+    (`parse(to_text(tree))` is the same tree)."""
+    if isinstance(node, Num):
+        return str(node.value)
+    if isinstance(node, Ref):
+        return node.name
+    if isinstance(node, Lookup):
+        return f"{node.table}[{node.key}]"
+    if isinstance(node, Neg):
+        inner = to_text(node.operand)
+        return f"-({inner})" if isinstance(node.operand, BinOp) else f"-{inner}"
+    if isinstance(node, Call):
+        return f"{node.func}(" + ", ".join(to_text(a) for a in node.args) + ")"
+    if isinstance(node, BinOp):
+        left, right = to_text(node.left), to_text(node.right)
+        if node.op == "*":
+            if isinstance(node.left, BinOp) and node.left.op != "*":
+                left = f"({left})"
+            if isinstance(node.right, BinOp):
+                right = f"({right})"
+        elif isinstance(node.right, BinOp) and node.right.op != "*":
+            right = f"({right})"  # a - (b + c)
+        return f"{left} {node.op} {right}"
+    raise TypeError(f"not an expression: {node!r}")

@@ -8,6 +8,7 @@ cookies. Replacing the file ends every session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -41,13 +42,18 @@ def session_secret(config: Config) -> bytes:
 
 
 def _create(path: Path) -> None:
+    """Write a new secret beside `path`, then link it into place: another process sees
+    either no file or the whole secret, and the first link wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return  # another process created it first: use that one
-    try:
-        os.write(fd, secrets.token_hex(32).encode("ascii") + b"\n")
-        os.fsync(fd)
+        try:
+            os.write(fd, secrets.token_hex(32).encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another process was first: use its
+            os.link(tmp, path)
     finally:
-        os.close(fd)
+        tmp.unlink(missing_ok=True)

@@ -48,19 +48,19 @@ def review_ruleset(directory: str, *, with_tests: bool) -> dict[str, Any]:
     return review
 
 
-def review_apart(directory: str, *, with_tests: bool) -> dict[str, Any]:
-    """`review_ruleset` in a spawned process (its own interpreter lock); in this one when
-    no process can be started."""
-    import concurrent.futures
+def review_apart(directory: str, *, with_tests: bool, timeout: float) -> dict[str, Any]:
+    """`review_ruleset` in a spawned process (its own interpreter lock), ended after
+    `timeout` seconds (multiprocessing.TimeoutError); in this process when none can be
+    started."""
     import multiprocessing
 
     try:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"))
+        pool = multiprocessing.get_context("spawn").Pool(1)
     except OSError:
         return review_ruleset(directory, with_tests=with_tests)
-    with pool:
-        return pool.submit(_review, directory, with_tests).result()
+    with pool:  # leaving it terminates the process, finished or not
+        review: dict[str, Any] = pool.apply_async(_review, (directory, with_tests)).get(timeout)
+        return review
 
 
 def _review(directory: str, with_tests: bool) -> dict[str, Any]:

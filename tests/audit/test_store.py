@@ -212,3 +212,26 @@ def test_reopening_a_store_keeps_its_records_and_schema(store_url):
 def test_ping_and_backend(store, store_url):
     assert store.ping()
     assert store.backend == ("sqlite" if store_url.startswith("sqlite") else "postgresql")
+
+
+def test_query_filters_by_version_and_by_what_the_decision_and_facts_hold(store):
+    records = [make_record(n) for n in range(6)]
+    for n, rec in enumerate(records):
+        if n % 3 == 0:
+            rec.decision["outcome"]["bearer"] = "lender"
+            rec.facts["jurisdiction"] = "CA"
+        if n == 4:
+            records[n] = replace(rec, ruleset_version="2025.01")
+    store.append(records)
+    page, _ = store.query(equal={"decision.outcome.bearer": "lender"})
+    assert [r["facts"]["n"] for r in page] == [3, 0]
+    page, _ = store.query(equal={"facts.jurisdiction": "CA", "decision.outcome.bearer": "lender"},
+                          limit=1)
+    assert [r["facts"]["n"] for r in page] == [3]
+    page, _ = store.query(ruleset_version="2025.01")
+    assert [r["facts"]["n"] for r in page] == [4]
+    assert store.query(equal={"facts.loan.id": "loan-2"})[0][0]["facts"]["n"] == 5
+    assert store.query(equal={"decision.outcome.bearer": "nobody"})[0] == []
+    for bad in ("trace.rule", "decision", "facts..x"):
+        with pytest.raises(ValueError, match="not a path"):
+            store.query(equal={bad: "x"})

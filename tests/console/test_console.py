@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
+import json
+import logging
 import re
 import shutil
 import time
@@ -20,6 +23,8 @@ from flask.testing import FlaskClient
 
 from service.api import create_app
 from service.apikeys import key_sha256
+from service.audit import StoreUnavailable
+from service.audit.notes import Signer, write_new_key
 from service.config import (
     ApiKey,
     AuditConfig,
@@ -31,6 +36,8 @@ from service.config import (
 )
 from service.console import decisions as console_decisions
 from service.console import log as console_log
+from service.console import present as console_present
+from service.console import rulesets as console_rulesets
 from service.console import session as console_session
 
 from .conftest import CA_TRUSTEE_SALE, CAR, KEYS, SHORT_SALE
@@ -292,7 +299,7 @@ def test_a_search_reads_a_bounded_number_of_records_per_page(
         app: Flask, log: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console_decisions, "SCAN_BUDGET", 2)
     client = signed_in(app, "examiner")
-    r = client.get("/console/decisions?jurisdiction=TX")
+    r = client.get("/console/decisions?rule=deficiency-waived")
     assert ids(r.text) == [] and "Stopped after reading 2 records" in r.text
     nxt = re.search(r'<a rel="next" href="([^"]+)"', r.text)
     assert nxt is not None
@@ -422,14 +429,16 @@ def test_a_recorded_decisions_facts_fill_the_playground(app: Flask) -> None:
 
 
 def test_without_a_usable_session_key_the_console_says_why_and_the_api_works(
-        make_app: Callable[..., Flask], tmp_path: Path) -> None:
+        make_app: Callable[..., Flask], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     short = tmp_path / "short.key"
     short.write_text("too short\n")
     cfg = dataclasses.replace(config(tmp_path), console=ConsoleConfig(session_key=short))
-    client = make_app(cfg).test_client()
+    with caplog.at_level(logging.ERROR, logger="deficiency.api"):
+        client = make_app(cfg).test_client()
+    assert "console.session_key" in caplog.text and "at least 32" in caplog.text
     r = client.get("/console/sign-in")
     assert r.status_code == 503
-    assert "console.session_key" in r.text and "at least 32" in r.text
+    assert "console.session_key" in r.text and str(tmp_path) not in r.text
     assert client.post("/v1/decisions", json=CAR, headers={
         "Authorization": f"Bearer {KEYS['author'][0]}"}).status_code == 201
 
@@ -443,3 +452,138 @@ def test_one_verification_at_a_time(app: Flask) -> None:
     r = client.post("/console/log/verify", data={"csrf_token": csrf})
     assert r.status_code == 200 and 'id="verify-result">✓' in r.text
     assert r.text.rstrip().endswith("</html>") and r.text.count("</html>") == 1
+
+
+# ------------------------------------------------------------------ what the review found
+
+
+def test_a_session_ends_at_its_age_limit_however_active(app: Flask,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    client = signed_in(app, "examiner")
+    now = time.time()
+    for minutes in range(20, 12 * 60, 20):  # a request every 20 minutes for 12 hours
+        monkeypatch.setattr(console_session.time, "time", lambda m=minutes: now + m * 60)
+        assert client.get("/console/log").status_code == 200
+    monkeypatch.setattr(console_session.time, "time", lambda: now + 12 * 3600 + 60)
+    r = client.get("/console/log")
+    assert r.headers["Location"].startswith("/console/sign-in?ended=age")
+    assert "limit of 12 hours since sign-in" in client.get(r.headers["Location"]).text
+
+
+def test_console_errors_are_pages_with_the_consoles_headers(
+        app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = signed_in(app, "author")
+    r = client.get("/console/no-such-page")
+    assert r.status_code == 404 and r.mimetype == "text/html"
+    assert "The console has no such page." in r.text
+    assert "default-src 'none'" in r.headers["Content-Security-Policy"]
+    r = client.get("/console/sign-out")  # a link or a reload does not sign out
+    assert r.status_code == 200 and "Sign out of author" in r.text
+    assert client.get("/console/log").status_code == 200
+    store = app.extensions["deficiency"].audit.store()
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreUnavailable("audit store unavailable: the database does not answer")
+
+    monkeypatch.setattr(store, "get", unavailable)
+    r = client.get("/console/decisions/01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert r.status_code == 503 and "the database does not answer" in r.text
+    assert r.mimetype == "text/html"
+    monkeypatch.setattr(store, "tree_head", lambda: 1 / 0)
+    r = client.get("/console/log")
+    assert r.status_code == 500 and "ZeroDivisionError" not in r.text
+    assert "the server&#39;s log has the details" in r.text
+
+
+@pytest.mark.parametrize("typed", ["²", "--5", "١٢", "1e3", " 12 3"])
+def test_the_playground_refuses_what_is_not_an_integer_by_name(app: Flask, typed: str) -> None:
+    client = signed_in(app, "decider")
+    r = client.post("/console/playground", data={
+        "csrf_token": token(client, "/console/playground"), "mode": "form",
+        "jurisdiction": "OH", "loan.id": "P-1", "loan.type": "auto",
+        "loan.unpaid_balance": "10000.00", "collateral.kind": "vehicle",
+        "collateral.dwelling_units": typed, "disposition.method": "auction",
+        "disposition.date": "2026-06-01", "disposition.proceeds": "8500.00"})
+    assert r.status_code == 400
+    assert "<strong>collateral.dwelling_units</strong>" in r.text
+
+
+def test_dates_are_read_as_written_and_compared_as_dates(app: Flask) -> None:
+    client = signed_in(app, "examiner")
+    r = client.get("/console/decisions?since=2024-01-05&until=20240101")
+    assert r.status_code == 400 and "<li><strong>until</strong>: &#39;20240101&#39; is not" \
+        in r.text
+    r = client.get("/console/decisions?since=2024-01-05&until=2024-01-01")
+    assert r.status_code == 400 and "must not be before since" in r.text
+
+
+def test_the_access_log_names_the_console_user(make_app: Callable[..., Flask],
+                                               tmp_path: Path) -> None:
+    stream = io.StringIO()
+    cfg = dataclasses.replace(config(tmp_path), server=ServerConfig(access_log=True))
+    app = create_app(cfg, access_log_stream=stream)
+    try:
+        client = signed_in(app, "examiner")
+        client.get("/console/decisions", buffered=True).close()
+    finally:
+        app.extensions["deficiency"].close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    seen = [line for line in lines if line["path"] == "/console/decisions"]
+    assert seen and seen[-1]["client"] == "examiner"
+    assert KEYS["examiner"][0] not in stream.getvalue()
+
+
+def test_the_receipt_check_follows_the_receipt_to_the_latest_checkpoint(
+        app: Flask, tmp_path: Path) -> None:
+    client = signed_in(app, "author")
+    first = record(client, CAR)
+    record(client, CAR, loan__id="CAR-2")
+    page = client.get(f"/console/decisions/{first['decision_id']}").text
+    assert ("✓ leaf 0 is in the signed tree of 1 records (its receipt), and the latest signed "
+            "checkpoint, of 2 records, extends that tree") in page
+    # The latest checkpoint replaced by one signed with another key: not vouched for.
+    other = Signer.from_file(_new_key(tmp_path), "deficiency-service/audit")
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/audit.db")
+    with engine.begin() as connection:
+        root = connection.execute(sa.text(
+            "SELECT root FROM audit_checkpoints WHERE tree_size = 2")).scalar()
+        connection.execute(sa.text("UPDATE audit_checkpoints SET note = :n WHERE tree_size = 2"),
+                           {"n": other.checkpoint(2, bytes(root))})
+    engine.dispose()
+    page = client.get(f"/console/decisions/{first['decision_id']}").text
+    assert 'id="receipt-check">✗ the latest signed checkpoint does not extend' in page
+
+
+def _new_key(tmp_path: Path) -> Path:
+    path = tmp_path / "other-key.pem"
+    write_new_key(path)
+    return path
+
+
+def test_why_not_never_contradicts_the_recorded_trace(app: Flask,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    client = signed_in(app, "author")
+    decision = record(client, CAR)
+    real = console_present.why_not
+
+    def drifted(rs: Any, facts: Any) -> list[dict[str, Any]]:  # as if today's code differed
+        return [*real(rs, facts), {"stage": "bearer", "rule": "consumer-goods-default",
+                                   "priority": 110, "path": "loan.type", "actual": "auto",
+                                   "needs": "mortgage", "message": "consumer-goods-default: x"}]
+
+    monkeypatch.setattr(console_present, "why_not", drifted)
+    page = client.get(f"/console/decisions/{decision['decision_id']}").text
+    assert "consumer-goods-default would not match, but the recorded trace shows it" in page
+    assert "consumer-goods-default: x" not in page
+
+
+def test_a_review_that_takes_too_long_says_so(app: Flask,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console_rulesets, "REVIEW_SECONDS", 0.01)
+    client = signed_in(app, "examiner")
+    active = app.extensions["deficiency"].rulesets.info["sha256"]
+    r = client.get(f"/console/rulesets/{active}")
+    assert r.status_code == 200 and "The check did not finish in 0 s" in r.text
+    monkeypatch.setattr(console_rulesets, "REVIEW_SECONDS", 300.0)
+    r = client.get(f"/console/rulesets/{active}")  # not kept: made again, in full
+    assert 'id="tests-summary"' in r.text

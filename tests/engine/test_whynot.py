@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 from service import facts as facts_mod
 from service.engine.decide import Decider
-from service.engine.whynot import expression_text, why_not
+from service.engine.whynot import why_not
 from service.policy import expr as ex
 from service.policy.loader import load_ruleset
 from service.policy.model import Ruleset
@@ -316,5 +316,5 @@ def test_condition_shapes(tmp_path: Path, when: str, changes: dict[str, Any], pa
     ("t[k] + 3", "t[k] + 3"), ("2 * (a - b)", "2 * (a - b)"), ("((a))", "a"),
 ])
 def test_expression_text_reads_back_as_the_same_expression(text: str, shown: str) -> None:
-    assert expression_text(ex.parse(text)) == shown
-    assert expression_text(ex.parse(shown)) == shown
+    assert ex.to_text(ex.parse(text)) == shown
+    assert ex.to_text(ex.parse(shown)) == shown
