@@ -67,19 +67,13 @@ class Keyring:
                 found = principal
         return found
 
-    def stamp(self, name: str, secret: bytes) -> str | None:
-        """A short keyed digest of the key configured under `name` (None: no such key):
-        what a console session keeps to notice that the key was removed or replaced,
-        without holding the key or its hash."""
+    def named(self, name: str, secret: bytes) -> tuple[Principal, str] | None:
+        """The principal configured under `name` and a short keyed digest of its key's
+        hash (None: no such key): what a console session keeps to notice that the key
+        was removed or replaced, without holding the key or its hash."""
         for configured, principal in self._keys:
             if principal.name == name:
-                return hmac.new(secret, configured, hashlib.sha256).hexdigest()[:32]
-        return None
-
-    def principal(self, name: str) -> Principal | None:
-        for _, principal in self._keys:
-            if principal.name == name:
-                return principal
+                return principal, hmac.new(secret, configured, hashlib.sha256).hexdigest()[:32]
         return None
 
 

@@ -20,7 +20,6 @@ from flask import Blueprint, Response, abort, render_template, request
 
 from ..api.decisions import stored_decision
 from ..api.handle import service
-from ..audit import StoreUnavailable
 from ..audit.notes import Verifier
 from ..audit.record_check import check_record
 from ..audit.store import encode_cursor
@@ -178,13 +177,10 @@ def search() -> Any:
         except ValueError:
             s.errors.append(("cursor", "not a cursor this console gave (start the search "
                                        "again)"))
-        except StoreUnavailable as exc:
-            return render_template("console/error.html", status=503, title="Log unavailable",
-                                   message=str(exc)), 503
     if s.errors:
         status = 400
-    return render_template("console/decisions.html", s=s, page=page, page_size=PAGE,
-                           budget=SCAN_BUDGET, **_choices()), status
+    return render_template("console/decisions.html", s=s, page=page, budget=SCAN_BUDGET,
+                           **_choices()), status
 
 
 def _csv_cell(value: Any) -> str:

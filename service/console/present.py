@@ -1,6 +1,6 @@
 """What the console's pages share: the rulesets decisions were made with (active or
-archived, built once per worker), a decision laid out for reading (waterfall, trace,
-why not), and a record's receipt checked against the latest signed checkpoint."""
+archived, built once per worker) and their reviews, and a decision laid out for reading
+(waterfall, trace, why not)."""
 
 from __future__ import annotations
 
@@ -45,10 +45,7 @@ class Rulesets:
             review = make()
             if review["sha256"] is None:  # it did not finish, or the files do not load
                 return review
-            with self._lock:
-                if len(self._reviews) >= _KEPT:
-                    self._reviews.pop(next(iter(self._reviews)))
-                self._reviews[sha256] = review
+            self._keep(self._reviews, sha256, review)
             return review
 
     def get(self, sha256: str) -> Ruleset | None:
@@ -65,11 +62,15 @@ class Rulesets:
             rs = archived_ruleset(archived["files"], sha256)
         except ArchiveError:
             return None
-        with self._lock:
-            if len(self._built) >= _KEPT:
-                self._built.pop(next(iter(self._built)))
-            self._built[sha256] = rs
+        self._keep(self._built, sha256, rs)
         return rs
+
+    def _keep(self, kept: dict[str, Any], sha256: str, value: Any) -> None:
+        """Keep `value`, forgetting the oldest kept beyond `_KEPT`."""
+        with self._lock:
+            if len(kept) >= _KEPT:
+                kept.pop(next(iter(kept)))
+            kept[sha256] = value
 
 
 def rulesets() -> Rulesets:

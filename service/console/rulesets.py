@@ -8,13 +8,12 @@ The check and the tests run once per ruleset per worker, in a process of their o
 from __future__ import annotations
 
 import multiprocessing
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, abort, render_template
 
 from ..api.handle import service
+from ..tooling.reproduce import rules_directory
 from ..tooling.review import review_apart
 from .present import rulesets as built_rulesets
 from .session import user
@@ -22,6 +21,7 @@ from .session import user
 bp = Blueprint("rulesets", __name__)
 #: How long a ruleset's check and tests may take before the page says so.
 REVIEW_SECONDS = 300.0
+
 
 @bp.get("/rulesets")
 def index() -> Any:
@@ -40,9 +40,7 @@ def _review(sources: tuple[tuple[str, str], ...], active: bool) -> dict[str, Any
             # files there are still the active version.
             return review_apart(str(service().config.rules.dir), with_tests=True,
                                 timeout=REVIEW_SECONDS)
-        with tempfile.TemporaryDirectory(prefix="deficiency-review-") as tmp:
-            for name, text in sources:
-                (Path(tmp) / name).write_text(text, "utf-8")
+        with rules_directory(dict(sources)) as tmp:
             review = review_apart(tmp, with_tests=False, timeout=REVIEW_SECONDS)
             review["check_text"] = review["check_text"].replace(tmp + "/", "")
             return review

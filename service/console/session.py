@@ -141,15 +141,13 @@ def _session_user() -> tuple[Principal | None, str | None]:
     if not isinstance(since, int) or now - since > current_app.config["CONSOLE_MAX_SECONDS"]:
         session.clear()
         return None, "age"
-    keyring = service().keyring
-    stamp = keyring.stamp(name, current_app.secret_key)  # type: ignore[arg-type]
-    principal = keyring.principal(name)
-    if stamp is None or principal is None or stamp != session.get("stamp"):
+    named = service().keyring.named(name, current_app.secret_key)  # type: ignore[arg-type]
+    if named is None or named[1] != session.get("stamp"):
         session.clear()
         return None, "key"
     if now != seen:
         session["seen"] = now
-    return principal, None
+    return named[0], None
 
 
 def _to_sign_in(ended: str | None) -> Response:
@@ -179,10 +177,11 @@ def _sign_in() -> ResponseReturnValue:
     if request.method == "POST":
         key = request.form.get("api_key", "").strip()
         principal = keyring.match(key) if key and len(key) <= MAX_KEY_CHARS else None
-        if principal is not None:
+        named = None if principal is None else keyring.named(
+            principal.name, current_app.secret_key)  # type: ignore[arg-type]
+        if named is not None:
             session.clear()
-            session["key"] = principal.name
-            session["stamp"] = keyring.stamp(principal.name, current_app.secret_key)  # type: ignore[arg-type]
+            session["key"], session["stamp"] = named[0].name, named[1]
             session["seen"] = session["since"] = int(time.time())
             return redirect(nxt)
         error = "api_key: that is not a valid API key." if key else "api_key: enter your API key."

@@ -9,9 +9,10 @@ when it was evaluated and how long it took, and the trace (how it was reached).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,23 @@ def archived_ruleset(files: Mapping[str, str], sha256: str) -> Ruleset:
     if sources_digest(sources) != sha256:
         raise ArchiveError(f"the archived files' sha256 is {sources_digest(sources)}, "
                            f"not {sha256} (archive altered)")
-    with tempfile.TemporaryDirectory(prefix="deficiency-archive-") as tmp:
-        for name, data in sources:
-            if "/" in name or name.startswith(".") or not name.endswith((".yaml", ".yml")):
-                raise ArchiveError(f"archived file name {name!r} is not a rule file name")
-            (Path(tmp) / name).write_bytes(data)
+    with rules_directory(files) as tmp:
         ruleset = load_ruleset(tmp)
     if ruleset.sha256 != sha256:  # pragma: no cover - the digest was checked above
         raise ArchiveError("the rebuilt ruleset's sha256 differs")
     return ruleset
+
+
+@contextlib.contextmanager
+def rules_directory(files: Mapping[str, str]) -> Iterator[str]:
+    """A temporary directory holding the rule files (name → exact text), removed after;
+    ArchiveError for a name that is not a rule file's."""
+    with tempfile.TemporaryDirectory(prefix="deficiency-archive-") as tmp:
+        for name, text in sorted(files.items()):
+            if "/" in name or name.startswith(".") or not name.endswith((".yaml", ".yml")):
+                raise ArchiveError(f"archived file name {name!r} is not a rule file name")
+            (Path(tmp) / name).write_bytes(text.encode("utf-8"))
+        yield tmp
 
 
 def decide_again(decider: Decider, record: Mapping[str, Any]) -> dict[str, Any]:
